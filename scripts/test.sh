@@ -11,7 +11,7 @@
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$repo"
+cd "$repo" || exit 1
 bash scripts/bootstrap.sh || { echo "total: 0 passed, 1 failed"; exit 1; }
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
@@ -80,7 +80,7 @@ want() { [[ " $gates " == *" $1 "* ]]; }
 
 want yamllint && run_gate yamllint yamllint --strict .
 want ansible-lint && run_gate ansible-lint ansible-lint --profile production --strict
-want ruff && run_gate ruff ruff check plugins tests bench scripts conftest.py molecule
+want ruff && run_gate ruff ruff check .
 want changelog && run_gate changelog antsibull-changelog lint
 want build && run_gate build bash scripts/build-and-install.sh "$out/build"
 want sanity && run_gate sanity bash scripts/sanity.sh

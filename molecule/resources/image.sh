@@ -6,7 +6,6 @@
 # Prints the image reference on stdout.
 set -euo pipefail
 
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_dir="${ZEROG_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerog-compute}"
 suite=bookworm
 # python3-yaml serves the simulated host's stand-ins; git the stand-in SDK repository.
@@ -44,6 +43,7 @@ echo "image.sh: building $ref from $mirror (about 30 s)" >&2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # Empty the apt lists but back-date the directory: Ansible's apt cache_valid_time reads its
 # mtime, and a freshly emptied lists dir would look up to date and skip `apt-get update`.
+# shellcheck disable=SC2016 # the hooks' $1 is expanded by mmdebstrap's shell, not here
 mmdebstrap --variant=minbase --include="$include" --skip=cleanup/apt \
   --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
   --customize-hook='touch -d @0 "$1"/var/lib/apt/lists' \

@@ -18,7 +18,7 @@ source scripts/env.sh
 
 out="$repo/tests/output"
 rm -rf "$out"; mkdir -p "$out/junit" "$out/logs"
-all_gates="yamllint ansible-lint ruff changelog build sanity unit molecule"
+all_gates="yamllint ansible-lint ruff role-docs changelog build sanity unit molecule"
 gates="${ZEROG_GATES:-$all_gates}"
 
 passed=0 failed=0
@@ -81,6 +81,7 @@ want() { [[ " $gates " == *" $1 "* ]]; }
 want yamllint && run_gate yamllint yamllint --strict .
 want ansible-lint && run_gate ansible-lint ansible-lint --profile production --strict
 want ruff && run_gate ruff ruff check .
+want role-docs && run_gate role-docs python3 scripts/role-docs.py --check
 want changelog && run_gate changelog antsibull-changelog lint
 want build && run_gate build bash scripts/build-and-install.sh "$out/build"
 want sanity && run_gate sanity bash scripts/sanity.sh

@@ -112,7 +112,7 @@ def main() -> int:
             problems.append(f"{role.name}: README.md lacks the {BEGIN} / {END} markers")
             continue
         head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        tail = rest.split(END, 1)[1]
         new = f"{head}{BEGIN}\n{render(specs)}{END}{tail}"
         if new != text:
             if args.check:

@@ -33,8 +33,12 @@ PY
 fi
 
 # Outside this git checkout: inside it, ansible-test would list files through git and skip them.
-work="$cache/sanity/ansible_collections/zerog/compute"
-rm -rf "$work"; mkdir -p "$work"
+# A private copy per run, so that runs side by side do not remove each other's files.
+mkdir -p "$cache"
+top=$(mktemp -d "$cache/sanity.XXXXXX")
+trap 'rm -rf "$top"' EXIT
+work="$top/ansible_collections/zerog/compute"
+mkdir -p "$work"
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
   [[ -e "$f" || -L "$f" ]] || continue

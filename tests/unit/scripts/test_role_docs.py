@@ -30,7 +30,8 @@ SPEC = {
 }
 
 
-def make_role(tmp_path: Path, defaults: dict, spec: dict = SPEC, readme: str | None = None) -> Path:
+def make_role(tmp_path: Path, defaults: dict, spec: dict | None = None, readme: str | None = None) -> Path:
+    spec = SPEC if spec is None else spec
     role = tmp_path / "roles" / "demo"
     (role / "meta").mkdir(parents=True)
     (role / "defaults").mkdir()

@@ -1,5 +1,5 @@
 # Copyright: (c) 2026, zerog.compute maintainers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """One command runner for every external tool a zerog.compute module calls.
 
 Private to the collection (the leading underscore): no stability promise to other collections.

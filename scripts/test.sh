@@ -97,6 +97,6 @@ if want molecule; then
   done
 fi
 
-printf '\n%s\n' "${report[@]}"
+printf '\n'; printf '%s\n' "${report[@]}"
 printf '\ntotal: %d passed, %d failed\n' "$passed" "$failed"
 ((failed == 0))

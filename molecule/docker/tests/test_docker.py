@@ -127,4 +127,3 @@ def test_running_daemon_uses_the_merged_file(host):
     assert docker_info(host, "{{.LoggingDriver}}") == "json-file"
     runtimes = json.loads(docker_info(host, "{{json .Runtimes}}"))
     assert runtimes["nvidia"]["path"] == "nvidia-container-runtime"
-

@@ -9,7 +9,7 @@ set -euo pipefail
 cache_dir="${ZEROG_IMAGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/zerog-compute}"
 suite=bookworm
 # python3-yaml serves the simulated host's stand-ins; git the stand-in SDK repository.
-include=python3,python3-apt,python3-yaml,systemd,systemd-sysv,dbus,sudo,iproute2,procps,ca-certificates,git,kmod
+include=python3,python-is-python3,python3-apt,python3-yaml,systemd,systemd-sysv,dbus,sudo,iproute2,procps,ca-certificates,git,kmod
 
 mirror_from_sources() {
   # First URIs of a deb822 .sources file, or the first deb line of sources.list.

@@ -1,0 +1,221 @@
+"""Tests of zerog.compute.key_provider_probe against a local fake key provider.
+
+Each case of test_key_provider_probe.yaml names a behaviour of the fake server (what the real
+provider, docker's port proxy, or a wrong service on the port would do), the module input and the
+exact result. The fake server records what it received, so the framing of the request is checked
+too: a 4-byte big-endian length, then JSON ``{"quote": [bytes]}``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from ansible_collections.zerog.compute.plugins.modules import key_provider_probe
+from ansible_collections.zerog.compute.tests.unit.harness import case_file, load_cases, run_module
+
+GENUINE_QUOTE = bytes(range(256)) * 3  # stands for a real quote: the module only forwards it
+REPLY = {"encrypted_key": list(range(80)), "provider_quote": [7] * 100}
+
+
+def _frame(obj: Any) -> bytes:
+    body = json.dumps(obj).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def _read_exact(conn: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _read_request(conn: socket.socket, seen: dict[str, Any]) -> None:
+    header = _read_exact(conn, 4)
+    (length,) = struct.unpack(">I", header)
+    body = _read_exact(conn, length)
+    seen["length"] = length
+    seen["body"] = body
+
+
+class FakeProvider:
+    """A one-connection TCP server on 127.0.0.1 playing one behaviour."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self.seen: dict[str, Any] = {}
+        self.release = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _peer = self.listener.accept()
+        except OSError:
+            return
+        with conn:
+            getattr(self, "_" + self.behaviour)(conn)
+
+    # -- behaviours ----------------------------------------------------------------------
+    def _close_at_once(self, conn: socket.socket) -> None:
+        """docker-proxy with nothing listening inside the container."""
+
+    def _speak_first(self, conn: socket.socket) -> None:
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+        self.release.wait(5)
+
+    def _reject(self, conn: socket.socket) -> None:
+        """The provider with a quote it cannot use: read it all, close without a reply."""
+        _read_request(conn, self.seen)
+
+    def _reset(self, conn: socket.socket) -> None:
+        """Close with the request unread: the kernel resets the connection."""
+        _read_exact(conn, 1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def _hang(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        self.release.wait(5)
+
+    def _answer(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(_frame(REPLY))
+
+    def _answer_without_quote(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(_frame({"encrypted_key": [1, 2, 3]}))
+
+    def _answer_a_list(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(_frame([1, 2, 3]))
+
+    def _answer_not_json(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(struct.pack(">I", 9) + b"not json!")
+
+    def _answer_huge(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(struct.pack(">I", 5 * 1024 * 1024))
+
+    def _answer_truncated(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(struct.pack(">I", 100) + b"{" * 10)
+
+    def _close_in_prefix(self, conn: socket.socket) -> None:
+        _read_request(conn, self.seen)
+        conn.sendall(b"\0\0")
+
+    def _connect_only(self, conn: socket.socket) -> None:
+        """Record whether the client sent anything before it closed."""
+        conn.settimeout(2)
+        try:
+            self.seen["sent"] = conn.recv(1)
+        except OSError:
+            self.seen["sent"] = None
+
+    def finish(self) -> dict[str, Any]:
+        """Let the connection end, wait for the server and return what it received."""
+        self.release.set()
+        self.thread.join(timeout=5)
+        assert not self.thread.is_alive(), "the fake provider did not finish"
+        return self.seen
+
+    def close(self) -> None:
+        self.listener.close()
+        self.finish()
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def provider(request: pytest.FixtureRequest) -> Iterator[FakeProvider | None]:
+    behaviour = request.param
+    if behaviour is None:
+        yield None
+        return
+    server = FakeProvider(behaviour)
+    yield server
+    server.close()
+
+
+def _expand(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        return value.replace("{where}", where)
+    if isinstance(value, dict):
+        return {k: _expand(v, where) for k, v in value.items()}
+    return value
+
+
+CASES = load_cases(case_file(__file__))
+
+
+@pytest.mark.parametrize(("case", "provider"), [pytest.param(c.values[0], c.values[0].get("server"), id=c.id) for c in CASES],
+                         indirect=["provider"])
+def test_probe(case: dict[str, Any], provider: FakeProvider | None) -> None:
+    port = provider.port if provider is not None else _closed_port()
+    args = dict(case.get("input", {}))
+    args.setdefault("port", port)
+    if args.pop("genuine_quote", False):
+        args["quote"] = GENUINE_QUOTE.hex()
+    result = run_module(key_provider_probe.main, args, check_mode=case.get("flags", {}).get("check", False))
+    expected = _expand(case["output"], f"127.0.0.1:{port}")
+    assert result.failed is expected.pop("failed", False), result.result
+    for key, value in expected.items():
+        assert result.result[key] == value, key
+    if not result.failed:
+        assert result.changed is False
+        assert 0 <= result["elapsed"] < 10
+    if provider is None:
+        return
+    seen = provider.finish()
+    received = case.get("received")
+    if received == "dummy_quote":
+        _assert_dummy_quote(seen, result["request_length"])
+    elif received == "genuine_quote":
+        assert json.loads(seen["body"]) == {"quote": list(GENUINE_QUOTE)}
+        assert result["request_length"] == seen["length"] == len(seen["body"])
+    elif received == "nothing":
+        assert seen == {"sent": b""}
+
+
+def _assert_dummy_quote(seen: dict[str, Any], request_length: int) -> None:
+    """The request is one frame holding a structurally valid TDX v4 quote (Intel's quote layout)."""
+    assert request_length == seen["length"] == len(seen["body"])
+    request = json.loads(seen["body"])
+    assert list(request) == ["quote"]
+    quote = bytes(request["quote"])
+    version, key_type, tee_type = struct.unpack_from("<HHI", quote)
+    assert (version, key_type, tee_type) == (4, 2, 0x81)
+    assert quote[12:28].hex() == "939a7233f79c4ca9940a0db3957f0607"
+    # header 48 + TD report body 584, then the length of the signature data, then that data
+    (sig_len,) = struct.unpack_from("<I", quote, 48 + 584)
+    assert len(quote) == 48 + 584 + 4 + sig_len
+    assert sig_len >= 64 + 64 + 6
+    # compact JSON as serde_json writes it: no spaces
+    assert b" " not in seen["body"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0a0B ff\n", b"\x0a\x0b\xff"),
+        ("0x0102", b"\x01\x02"),
+    ],
+)
+def test_parse_quote_option(text: str, expected: bytes) -> None:
+    assert key_provider_probe.parse_quote_option(text) == expected

@@ -17,4 +17,9 @@ if tar -tzf "$tarball" | grep -E '(^|/)(\.venv|\.cache|tests/output|__pycache__)
 fi
 # The installed collection, alone on the collections path, lists its modules.
 ANSIBLE_COLLECTIONS_PATH="$dest/installed" ansible-doc -t module -l zerog.compute
+# Its playbooks run by their collection names, with the example inventory an operator copies.
+for pb in provider preflight destroy; do
+  ANSIBLE_COLLECTIONS_PATH="$dest/installed" \
+    ansible-playbook --syntax-check -i "$installed/inventories/example" "zerog.compute.$pb"
+done
 echo "build: $tarball installs and loads"

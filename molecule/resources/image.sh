@@ -11,16 +11,9 @@ suite=bookworm
 # python3-yaml serves the simulated host's stand-ins; git the stand-in SDK repository.
 include=python3,python-is-python3,python3-apt,python3-yaml,systemd,systemd-sysv,dbus,sudo,iproute2,procps,ca-certificates,git,kmod
 
-mirror_from_sources() {
-  # First URIs of a deb822 .sources file, or the first deb line of sources.list.
-  local f
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [[ -f "$f" ]] || continue
-    awk '/^URIs:/ {print $2; exit}' "$f" && return 0
-  done
-  awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null
-}
-mirror="${ZEROG_DEBIAN_MIRROR:-$(mirror_from_sources)}"
+# shellcheck source=scripts/env.sh
+[[ -n "${ZEROG_DEBIAN_MIRROR:-}" ]] || source "$(dirname "${BASH_SOURCE[0]}")/../../scripts/env.sh"
+mirror="${ZEROG_DEBIAN_MIRROR:-}"
 [[ -n "$mirror" ]] || { echo "image.sh: no apt mirror found; set ZEROG_DEBIAN_MIRROR" >&2; exit 1; }
 
 recipe_hash=$( { cat "${BASH_SOURCE[0]}"; echo "$mirror"; } | sha256sum | cut -c1-12)

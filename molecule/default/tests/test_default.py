@@ -1,0 +1,182 @@
+"""playbooks/provider.yml on one simulated H100 host, after check, converge and idempotence.
+
+What an operator checks by hand after the playbook, plus what the playbook itself promises:
+check mode on the fresh host predicted the changes the real run then made, and the wallet's
+private key is nowhere but in the root-only configuration files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import pytest
+
+PACKAGE = "/opt/zerog/broker/0.2.2"
+SDK = "/opt/private-ml-sdk"
+VM = f"{SDK}/vms/finetune"
+UNIT = "dstack-cvm-finetune.service"
+KEY = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+GET = (
+    "python3 -c \"import json, sys, urllib.request; "
+    "r = urllib.request.urlopen('http://127.0.0.1:8080' + sys.argv[1], timeout=10); "
+    "print(json.dumps(dict(status=r.status, body=json.load(r))))\" "
+)
+# The simulated guest's own file system (the stand-in QEMU keeps it under the VM directory; on a
+# real host it lives inside the TD, encrypted): what the guest holds is not a host file.
+GUEST = f"{VM}/.sim-guest/"
+
+
+PREDICTED = " (predicted in check mode"
+# Where check mode on a fresh host predicts several tasks of the real run with one task (the real
+# tasks need what earlier tasks only predicted: a user, a unit, a downloaded file, a VM
+# directory), the prediction stands for exactly these; any other change must be predicted by a
+# task of the same name.
+STANDS_FOR = {
+    "zerog.compute.docker : Enable and start docker": [
+        "zerog.compute.docker : Restart docker",
+    ],
+    "zerog.compute.private_ml_sdk : Check out the pinned ref with its submodules": [
+        "zerog.compute.private_ml_sdk : Write the git configuration for local mirrors",
+        "zerog.compute.private_ml_sdk : Check out the pinned ref with its submodules",
+    ],
+    "zerog.compute.private_ml_sdk : Start the build": [
+        "zerog.compute.private_ml_sdk : Create the runner's directory",
+        "zerog.compute.private_ml_sdk : Install the build runner",
+        "zerog.compute.private_ml_sdk : Create the build log",
+        "zerog.compute.private_ml_sdk : Queue the build",
+        "zerog.compute.private_ml_sdk : Start build.sh in the background",
+    ],
+    # The checkout is v0.5.5 here: its key provider is started by run.sh (detached compose).
+    "zerog.compute.local_kms : Start the key provider": [
+        "zerog.compute.local_kms : Run run.sh (docker compose up --build -d)",
+    ],
+    "zerog.compute.provider_config : Install the package": [
+        "zerog.compute.provider_config : Create the install directory",
+        "zerog.compute.provider_config : Create a staging directory beside the package directory",
+        "zerog.compute.provider_config : Copy the offline package from the controller",
+        "zerog.compute.provider_config : Unpack the package in the staging directory",
+        "zerog.compute.provider_config : Mark the package with its checksum",
+        "zerog.compute.provider_config : Move the package into place",
+        "zerog.compute.provider_config : Remove the staging directory",
+    ],
+    "zerog.compute.dstack_cvm : Deliver the files": [
+        "zerog.compute.dstack_cvm : Create the directory of the rendered compose text",
+        "zerog.compute.dstack_cvm : Keep the compose text of the 0.5 guest (what dstack new reads)",
+        "zerog.compute.dstack_cvm : Deliver the configuration as .user-config (0.5)",
+    ],
+}
+
+
+def expand(predicted):
+    """The real task names a check-mode run's changed tasks stand for."""
+    out = set()
+    for name in predicted:
+        base = name.split(PREDICTED, 1)[0]
+        out.update(STANDS_FOR.get(base, [base]) if PREDICTED in name else [name])
+    return out
+
+
+def runs():
+    """The recorded runs of converge.yml: [(name, {host: [changed task, ...]}), ...] in order."""
+    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
+    out = []
+    for path in sorted(directory.glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        out.append(("check" if doc["check_mode"] else "run", doc["changed"]))
+    return out
+
+
+def test_check_mode_predicted_the_converge(host):
+    recorded = runs()
+    kinds = [kind for kind, _ in recorded]
+    assert "check" in kinds, kinds
+    start = len(kinds) - 1 - kinds[::-1].index("check")  # the last check, then converge and idempotence
+    recorded = recorded[start:]
+    assert [kind for kind, _ in recorded][:3] == ["check", "run", "run"], kinds
+    name = host.backend.name
+    predicted = expand(recorded[0][1].get(name, []))
+    made = set(recorded[1][1].get(name, []))
+    assert made, "the converge changed nothing: the instance was not fresh"
+    assert sorted(made - predicted) == [], "changed by converge but not predicted by check mode"
+    assert sorted(predicted - made) == [], "predicted by check mode but not changed by converge"
+    assert recorded[2][1].get(name, []) == []  # the second run changed nothing
+
+
+def test_config_is_root_only(host):
+    config = host.file(f"{PACKAGE}/config.local.yaml")
+    assert (config.user, config.group, config.mode) == ("root", "root", 0o600)
+    assert KEY in config.content_string
+
+
+def test_cvm_unit_active_and_enabled(host):
+    service = host.service(UNIT)
+    assert service.is_running
+    assert service.is_enabled
+    unit = host.file(f"/etc/systemd/system/{UNIT}").content_string
+    assert f"ExecStart={SDK}/meta-dstack-nvidia/scripts/bin/dstack run {VM} --kp-port 3443\n" in unit
+
+
+def test_key_provider_listens_on_loopback_only(host):
+    assert host.socket("tcp://127.0.0.1:3443").is_listening
+    assert not host.socket("tcp://0.0.0.0:3443").is_listening
+
+
+def test_cvm_boots_the_image_the_checkout_built(host):
+    manifest = json.loads(host.file(f"{VM}/vm-manifest.json").content_string)
+    image = manifest.get("image_path") or manifest.get("image")
+    assert image.rstrip("/").endswith("images/dstack-nvidia-0.5.5")
+    metadata = json.loads(host.file(f"{SDK}/images/dstack-nvidia-0.5.5/metadata.json").content_string)
+    assert metadata["version"] == "0.5.5"
+
+
+def test_port_answers_with_the_configured_models(host):
+    answer = json.loads(host.check_output(GET + "/v1/model"))
+    assert answer["status"] == 200
+    assert answer["body"] == []  # inventories/sim configures no customized model on a 0.5 guest
+
+
+def test_report_on_the_controller(host):
+    report_dir = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "reports"
+    report = json.loads((report_dir / f"{host.backend.name}-provider.json").read_text(encoding="utf-8"))
+    assert report["check_mode"] is False
+    assert report["image"]["version"] == "0.5.5"
+    assert report["verify"]["key_provider"]["ok"] is True
+    assert [(c["name"], c["state"], c["port"]) for c in report["cvms"]] == [("finetune", "started", 8080)]
+    assert report["cvms"][0]["logs"] == f"journalctl -u {UNIT} -f"
+    assert len(report["cvms"][0]["gpus"]) == 1
+    preflight = json.loads((report_dir / f"{host.backend.name}.json").read_text(encoding="utf-8"))
+    assert preflight["result"] == "pass"
+
+
+@pytest.mark.parametrize(
+    "where,command",
+    [
+        ("the journal", "journalctl --no-pager -o cat"),
+        ("a process's argv", "ps -eo args"),
+        ("a process's environment", "sh -c 'cat /proc/[0-9]*/environ 2>/dev/null | tr \"\\0\" \"\\n\"'"),
+    ],
+)
+def test_private_key_not_in(host, where, command):
+    assert KEY not in host.check_output(command), f"the private key is in {where}"
+
+
+def test_private_key_only_in_root_only_config_files(host):
+    found = host.check_output(
+        f"grep -rlsF {KEY} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev --exclude-dir=run || true"
+    ).split()
+    allowed = {f"{PACKAGE}/config.local.yaml", f"{VM}/shared/.user-config"}
+    on_host = {path for path in found if not path.startswith(GUEST)}
+    assert on_host <= allowed, f"the private key is in {sorted(on_host - allowed)}"
+    assert f"{PACKAGE}/config.local.yaml" in on_host
+    for path in on_host:
+        f = host.file(path)
+        assert (f.user, f.mode) == ("root", 0o600), path
+
+
+def test_private_key_not_in_ansible_log():
+    log = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
+    text = log.read_text(encoding="utf-8")
+    assert "zerog.compute.dstack_cvm" in text  # the log holds the runs
+    assert KEY not in text

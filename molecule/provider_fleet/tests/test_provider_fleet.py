@@ -1,0 +1,54 @@
+"""Two simulated providers from one provider.yml run: one image build, both serving.
+
+zerog-fleet-h100 is the first host of `providers`, so it builds the guest image;
+zerog-fleet-h200x8 receives the verified image directory and never runs build.sh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+import testinfra
+
+BUILDER = "zerog-fleet-h100"
+SDK = "/opt/private-ml-sdk"
+IMAGE = f"{SDK}/images/dstack-nvidia-0.5.5"
+LOG = "/var/log/private-ml-sdk-build.log"
+UNIT = "dstack-cvm-finetune.service"
+GET_MODELS = (
+    "python3 -c \"import json, urllib.request; "
+    "print(json.dumps(json.load(urllib.request.urlopen('http://127.0.0.1:8080/v1/model', timeout=10))))\""
+)
+
+
+def test_image_built_once_on_the_build_host_only(host):
+    if host.backend.name == BUILDER:
+        assert host.file(LOG).content_string.count("==== zerog.compute: build.sh started") == 1
+    else:
+        assert not host.file(LOG).exists
+
+
+def test_both_hosts_hold_the_same_verified_image(host):
+    builder = testinfra.get_host(f"podman://{BUILDER}")
+    want = builder.check_output(f"sha256sum {IMAGE}/sha256sum.txt").split()[0]
+    assert host.check_output(f"sha256sum {IMAGE}/sha256sum.txt").split()[0] == want
+    assert host.run(f"cd {IMAGE} && sha256sum --check --quiet sha256sum.txt").rc == 0
+
+
+def test_cvm_serves(host):
+    assert host.service(UNIT).is_running
+    assert json.loads(host.check_output(GET_MODELS)) == []
+
+
+def test_cvm_gpus(host):
+    manifest = json.loads(host.file(f"{SDK}/vms/finetune/vm-manifest.json").content_string)
+    report_dir = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "reports"
+    report = json.loads((report_dir / f"{host.backend.name}-provider.json").read_text(encoding="utf-8"))
+    gpus = report["cvms"][0]["gpus"]
+    if host.backend.name == BUILDER:
+        assert len(gpus) == 1  # one H100
+    else:
+        assert gpus == ["all"]  # PPCIe: every GPU and NVSwitch in the one CVM
+    assert manifest

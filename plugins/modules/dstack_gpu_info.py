@@ -61,16 +61,8 @@ options:
       - Seconds after which each command is stopped.
     type: int
     default: 120
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - zerog.compute.attributes.read_only
 notes:
   - Run with C(become), because C(nvidia_gpu_tools.py) needs root.
   - A GPU is passthrough-ready when it is bound to C(vfio-pci), has a VFIO character device, every

@@ -70,16 +70,8 @@ options:
       - Emit a warning when the image is a complete dev image.
     type: bool
     default: true
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - zerog.compute.attributes.read_only
 notes:
   - C(rootfs.img.verity) of 0.5 images is not listed in C(sha256sum.txt) (dm-verity protects it in
     the guest). Only its presence is checked, and that it is not smaller than the

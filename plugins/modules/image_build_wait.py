@@ -74,15 +74,8 @@ attributes:
   async:
     support: none
     description: The build itself runs asynchronously; this task only watches it.
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - zerog.compute.attributes.read_only
 seealso:
   - module: zerog.compute.dstack_image_info
 """

@@ -85,16 +85,8 @@ options:
       - Seconds after which each command is stopped.
     type: int
     default: 30
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it behaves the same in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    description: Read-only.
+extends_documentation_fragment:
+  - zerog.compute.attributes.read_only
 notes:
   - Check names follow the host-check reference of the collection; C(pccs_reachable), C(disk_free)
     and C(memory) are added. BIOS settings cannot be read from the OS; they are inferred from MSRs

@@ -222,3 +222,16 @@ def assert_subset(expected: Any, actual: Any, path: str = "result") -> None:
             assert_subset(e, a, f"{path}[{i}]")
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def substitute(value: Any, marks: dict[str, str]) -> Any:
+    """``value`` (str, list or dict, nested) with every mark replaced, e.g. ``{"@TMP@": tmp}``."""
+    if isinstance(value, str):
+        for key, repl in marks.items():
+            value = value.replace(key, repl)
+        return value
+    if isinstance(value, list):
+        return [substitute(v, marks) for v in value]
+    if isinstance(value, dict):
+        return {k: substitute(v, marks) for k, v in value.items()}
+    return value

@@ -90,11 +90,11 @@ def runs():
 
 def test_check_mode_predicted_the_converge(host):
     recorded = runs()
-    kinds = [kind for kind, _ in recorded]
+    kinds = [kind for kind, _changes in recorded]
     assert "check" in kinds, kinds
     start = len(kinds) - 1 - kinds[::-1].index("check")  # the last check, then converge and idempotence
     recorded = recorded[start:]
-    assert [kind for kind, _ in recorded][:3] == ["check", "run", "run"], kinds
+    assert [kind for kind, _changes in recorded][:3] == ["check", "run", "run"], kinds
     name = host.backend.name
     predicted = expand(recorded[0][1].get(name, []))
     made = set(recorded[1][1].get(name, []))

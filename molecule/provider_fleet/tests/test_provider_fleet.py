@@ -43,12 +43,14 @@ def test_cvm_serves(host):
 
 
 def test_cvm_gpus(host):
-    manifest = json.loads(host.file(f"{SDK}/vms/finetune/vm-manifest.json").content_string)
+    manifest = json.loads(host.file(f"{SDK}/vms/finetune/vm-manifest.json").content_string)["gpus"]
+    slots = [g["slot"] for g in manifest["gpus"]]
     report_dir = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "reports"
     report = json.loads((report_dir / f"{host.backend.name}-provider.json").read_text(encoding="utf-8"))
-    gpus = report["cvms"][0]["gpus"]
     if host.backend.name == BUILDER:
-        assert len(gpus) == 1  # one H100
+        assert report["cvms"][0]["gpus"] == slots and len(slots) == 1  # one H100
     else:
-        assert gpus == ["all"]  # PPCIe: every GPU and NVSwitch in the one CVM
-    assert manifest
+        # PPCIe: the one CVM holds every GPU and NVSwitch of the board (h200x8: 8 + 4).
+        assert report["cvms"][0]["gpus"] == ["all"]
+        assert manifest["attach_mode"] == "all"
+        assert (len(slots), len(manifest["bridges"])) == (8, 4)

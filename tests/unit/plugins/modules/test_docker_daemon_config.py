@@ -29,14 +29,6 @@ def substitute(value: Any, names: dict[str, str]) -> Any:
     return value
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_warnings():
-    """Module warnings are process-global: start and end every test without any."""
-    ansible_warnings._global_warnings.clear()
-    yield
-    ansible_warnings._global_warnings.clear()
-
-
 @pytest.mark.parametrize("case", load_cases(case_file(__file__)))
 def test_docker_daemon_config(case, tmp_path):
     etc = tmp_path / "etc" / "docker"

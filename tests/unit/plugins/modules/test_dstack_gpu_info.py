@@ -15,7 +15,7 @@ import os
 import pytest
 import yaml
 from ansible_collections.zerog.compute.plugins.modules import dstack_gpu_info
-from ansible_collections.zerog.compute.tests.unit.harness import CommandTable, assert_subset, case_file, run_module
+from ansible_collections.zerog.compute.tests.unit.harness import CommandTable, assert_subset, case_file, run_module, substitute
 
 
 def _load():
@@ -25,16 +25,6 @@ def _load():
 
 
 TABLE, CASES = _load()
-
-
-def _subst(value, tmp):
-    if isinstance(value, str):
-        return value.replace("@TMP@", tmp)
-    if isinstance(value, list):
-        return [_subst(v, tmp) for v in value]
-    if isinstance(value, dict):
-        return {k: _subst(v, tmp) for k, v in value.items()}
-    return value
 
 
 def _write(path, text):
@@ -85,10 +75,10 @@ def test_dstack_gpu_info(case, tmp_path):
     _write(os.path.join(tmp, "nvidia_gpu_tools.py"), "#!/usr/bin/env python3\n")
     _write(os.path.join(tmp, "sdk", "meta-dstack-nvidia", "scripts", "bin", "dstack"), "#!/usr/bin/env python3\n")
     args = {"root": root}
-    args.update(_subst(case.get("input", {}), tmp))
-    table = CommandTable(_subst(case.get("run_command_calls", []), tmp), case.get("missing_binaries", []))
+    args.update(substitute(case.get("input", {}), {"@TMP@": tmp}))
+    table = CommandTable(substitute(case.get("run_command_calls", []), {"@TMP@": tmp}), case.get("missing_binaries", []))
     result = run_module(dstack_gpu_info.main, args, check_mode=case.get("check_mode", False), commands=table)
-    expected = _subst(case["output"], tmp)
+    expected = substitute(case["output"], {"@TMP@": tmp})
     assert result.failed == expected.get("failed", False), result.result
     if result.failed:
         assert result.msg == expected["msg"].replace("@ROOT@", root)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from ansible.module_utils.common import warnings as ansible_warnings
 from ansible_collections.zerog.compute.plugins.modules import dstack_image_info
-from ansible_collections.zerog.compute.tests.unit.harness import assert_subset, case_file, run_module
+from ansible_collections.zerog.compute.tests.unit.harness import assert_subset, case_file, run_module, substitute
 
 REVISION = "25c25025c556ab2f797eeda3bab433f38a8ffb7a"
 CMDLINE_05 = ("console=ttyS0 init=/init panic=1 net.ifnames=0 biosdevname=0 mce=off oops=panic pci=noearly "
@@ -131,32 +131,14 @@ def reseal(image_dir: str) -> None:
             out.write(digest + "\n")
 
 
-def _subst(value, tmp):
-    if isinstance(value, str):
-        return value.replace("@TMP@", tmp)
-    if isinstance(value, list):
-        return [_subst(v, tmp) for v in value]
-    if isinstance(value, dict):
-        return {k: _subst(v, tmp) for k, v in value.items()}
-    return value
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_warnings():
-    """Module warnings are process-global: start and end every test without any."""
-    ansible_warnings._global_warnings.clear()
-    yield
-    ansible_warnings._global_warnings.clear()
-
-
 @pytest.mark.parametrize("case", _load())
 @pytest.mark.parametrize("check_mode", [False, True], ids=["run", "check"])
 def test_dstack_image_info(case, check_mode, tmp_path):
     tmp = str(tmp_path)
     image_dir = write_fixture(tmp, case.get("fixture", {}))
     mutate(image_dir, case.get("mutate", []))
-    result = run_module(dstack_image_info.main, _subst(case["input"], tmp), check_mode=check_mode)
-    expected = _subst(case["output"], tmp)
+    result = run_module(dstack_image_info.main, substitute(case["input"], {"@TMP@": tmp}), check_mode=check_mode)
+    expected = substitute(case["output"], {"@TMP@": tmp})
     assert result.failed == expected.pop("failed", False), result.result
     warnings = expected.pop("warnings", [])
     assert [w.event.msg for w in ansible_warnings.get_warnings()] == warnings

@@ -19,7 +19,7 @@ import stat
 import pytest
 import yaml
 from ansible_collections.zerog.compute.plugins.modules import tdx_host_info
-from ansible_collections.zerog.compute.tests.unit.harness import CommandTable, assert_subset, case_file, run_module
+from ansible_collections.zerog.compute.tests.unit.harness import CommandTable, assert_subset, case_file, run_module, substitute
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fixture trees hold device nodes (mknod needs root)")
 
@@ -77,18 +77,6 @@ def _calls(names):
     return copy.deepcopy(out)
 
 
-def _subst(value, marks):
-    if isinstance(value, str):
-        for key, repl in marks.items():
-            value = value.replace(key, repl)
-        return value
-    if isinstance(value, list):
-        return [_subst(v, marks) for v in value]
-    if isinstance(value, dict):
-        return {k: _subst(v, marks) for k, v in value.items()}
-    return value
-
-
 def build_tree(root, spec):
     """Create the files, device nodes, sockets and links of ``spec`` under ``root``."""
     def real(path):
@@ -139,13 +127,13 @@ def test_tdx_host_info(case, tmp_path, ports):
     root = str(tmp_path / "root")
     marks = dict(ports, **{"@ROOT@": root})
     os.makedirs(root)
-    build_tree(root, _subst(merged_tree(case.get("tree")), marks))
+    build_tree(root, substitute(merged_tree(case.get("tree")), marks))
     args = {"root": root, "disk": [{"path": "/", "min_free_gib": 0.001}]}
-    args.update(_subst(case.get("input", {}), marks))
-    table = CommandTable(_subst(_calls(case.get("run_command_calls", [])), marks),
+    args.update(substitute(case.get("input", {}), marks))
+    table = CommandTable(substitute(_calls(case.get("run_command_calls", [])), marks),
                          case.get("missing_binaries", ["virsh", "mpa_manage", "journalctl"]))
     result = run_module(tdx_host_info.main, args, check_mode=case.get("check_mode", False), commands=table)
-    expected = _subst(case.get("output", {}), marks)
+    expected = substitute(case.get("output", {}), marks)
     assert result.failed == expected.get("failed", False), result.result
     if result.failed:
         assert result.msg == expected["msg"]

@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""provider.yml on one simulated host: no-op re-run against the first converge, and overhead.
+
+Starts one simulated H100 provider host (a privileged podman instance of the Molecule base
+image, turned into a TDX host by molecule/resources/sim-host.yml), then runs the real
+playbooks/provider.yml with the demo's inventory variables (inventories/sim/group_vars) twice,
+with Ansible's ``ansible.posix.json`` callback so every task's start and end are known:
+
+* re-run ratio = wall time of the second (no-op) run / wall time of the first converge without
+  the image build (the first run's time minus the tasks of the build: starting build.sh and
+  waiting for it). Goal: at most 0.35, and the second run must change nothing.
+* overhead ratio = first converge wall time / summed duration of the tasks that run external
+  commands (command, shell, script, apt, git, and the collection's modules that wrap dstack,
+  docker, build.sh or probe a service). Goal: at most 1.5.
+
+    source scripts/env.sh && python3 bench/provider_rerun.py [--keep]
+
+Prints both runs' figures and the ratios; exits 1 when a goal is missed, 2 when a run failed or
+the second run changed something. The instance is removed at the end (``--keep`` keeps it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from image_builds_per_host import REPO, run, start_instances
+
+HOST = "zerog-bench-rerun"
+# Tasks whose time is the work itself (an external program or a service), by action.
+COMMAND_ACTIONS = {
+    "ansible.builtin.command", "ansible.builtin.shell", "ansible.builtin.script", "ansible.builtin.apt",
+    "ansible.builtin.git", "ansible.builtin.get_url", "ansible.builtin.uri", "ansible.builtin.systemd_service",
+    "ansible.builtin.wait_for", "ansible.builtin.unarchive",
+    "zerog.compute.dstack_cvm", "zerog.compute.dstack_gpu_info", "zerog.compute.tdx_host_info",
+    "zerog.compute.key_provider_probe", "zerog.compute.image_build_wait", "zerog.compute.dstack_image_info",
+    "zerog.compute.finetune_config", "zerog.compute.docker_daemon_config",
+}
+BUILD_TASKS = ("zerog.compute.private_ml_sdk : Start build.sh", "zerog.compute.private_ml_sdk : Wait for the build")
+
+
+def seconds(span: dict) -> float:
+    """Duration of a json-callback host result (ISO 8601 start/end)."""
+    start = datetime.fromisoformat(span["start"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(span["end"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
+
+
+def timed_run(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, dict]:
+    """Run the playbook with the json callback; return wall seconds and the parsed document."""
+    start = time.monotonic()
+    proc = run(argv, env=env, check=False)
+    took = time.monotonic() - start
+    out.write_text(proc.stdout)
+    # Progress lines (the image build's, printed while it runs) may come before the document.
+    begin = 0 if proc.stdout.startswith("{") else proc.stdout.find("\n{\n") + 1
+    try:
+        doc, _end = json.JSONDecoder().raw_decode(proc.stdout[begin:])
+    except json.JSONDecodeError as exc:
+        tail = proc.stdout[-3000:] + proc.stderr[-3000:]
+        raise SystemExit(f"the playbook did not print JSON (rc {proc.returncode}):\n{tail}") from exc
+    stats = doc["stats"].get(HOST, {})
+    if proc.returncode != 0 or stats.get("failures") or stats.get("unreachable"):
+        raise SystemExit(f"provider.yml failed (rc {proc.returncode}, stats {stats}); output in {out}")
+    return took, doc
+
+
+def task_times(doc: dict) -> list[tuple[str, str, float]]:
+    """(task name, action, seconds) of every task of the run on the host."""
+    out = []
+    for play in doc["plays"]:
+        for task in play["tasks"]:
+            result = task["hosts"].get(HOST)
+            if result is None:
+                continue
+            out.append((task["task"]["name"], result.get("action", ""), seconds(task["task"]["duration"])))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the instance and the run outputs")
+    args = parser.parse_args()
+    for tool in ("podman", "ansible-playbook"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is not on PATH: run `source scripts/env.sh` first")
+
+    work = Path(tempfile.mkdtemp(prefix="zerog-bench-rerun-"))
+    try:
+        image = run(["bash", str(REPO / "molecule" / "resources" / "image.sh")]).stdout.strip().splitlines()[-1]
+        start_instances(image, [HOST])
+        inventory = work / "inventory"
+        inventory.mkdir()
+        (inventory / "hosts.yml").write_text(json.dumps({"all": {"children": {"providers": {"hosts": {HOST: {}}}}}}))
+        (inventory / "group_vars").symlink_to(REPO / "inventories" / "sim" / "group_vars")
+        env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_INJECT_FACT_VARS="False")
+        extra = ["-e", json.dumps({"molecule_yml": {"platforms": [{"name": HOST, "sim_profile": "h100x1"}]},
+                                   "zerog_provider_report_dir": str(work / "reports")})]
+        run(["ansible-playbook", "-i", str(inventory), *extra, str(REPO / "molecule" / "resources" / "sim-host.yml")],
+            log=work / "sim-host.log", env=env)
+
+        json_env = dict(env, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+        argv = ["ansible-playbook", "-i", str(inventory), *extra, str(REPO / "playbooks" / "provider.yml")]
+        first_s, first = timed_run(argv, json_env, work / "first.json")
+        second_s, second = timed_run(argv, json_env, work / "second.json")
+
+        first_tasks = task_times(first)
+        build_s = sum(s for name, _a, s in first_tasks if name.startswith(BUILD_TASKS))
+        commands_s = sum(s for _n, action, s in first_tasks if action in COMMAND_ACTIONS)
+        changed_second = second["stats"][HOST].get("changed", 0)
+        first_wo_build = first_s - build_s
+        rerun_ratio = second_s / first_wo_build
+        overhead_ratio = first_s / commands_s if commands_s else float("inf")
+
+        print(f"first converge: {first_s:.1f} s wall, of which image build {build_s:.1f} s "
+              f"-> {first_wo_build:.1f} s without the build; {len(first_tasks)} task results")
+        print(f"second run: {second_s:.1f} s wall, changed={changed_second}")
+        print(f"re-run ratio (second / first without build): {rerun_ratio:.2f} (goal: at most 0.35)")
+        print(f"tasks running external commands in the first converge: {commands_s:.1f} s")
+        print(f"overhead ratio (first converge / command time): {overhead_ratio:.2f} (goal: at most 1.5)")
+        if changed_second:
+            print("the second run changed something: not a no-op")
+            return 2
+        return 0 if rerun_ratio <= 0.35 and overhead_ratio <= 1.5 else 1
+    finally:
+        if args.keep:
+            print(f"kept: instance {HOST}, outputs in {work}")
+        else:
+            run(["podman", "rm", "--force", "--time=5", "--ignore", "--volumes", HOST], check=False)
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

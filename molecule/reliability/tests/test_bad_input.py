@@ -7,7 +7,8 @@ simulated H100 host. The case passes when:
 * ansible-playbook fails;
 * the task that stopped the host is one of zerog.compute.preflight (the playbook promises that a
   host failing preflight is left untouched), and no task changed anything except the preflight
-  report on the controller;
+  report on the controller. Preflight runs each role's own checks (``preflight_role_checks``,
+  the roles' tasks/check.yml), whose tasks show under the role's name: only those may run;
 * the preflight report (JSON, on the controller) fails an input check whose detail names the
   variable (and holds, where the case gives one, a fragment of the rule), and so does the output;
 * a snapshot of the host's files, packages and systemd units is the same before and after.
@@ -18,8 +19,8 @@ not run either): a value that slips through preflight then makes the run succeed
 of installing Docker and building the image. That is only sound if the untagged playbook stops at
 preflight too: test_untagged_playbook_stops_at_preflight proves it once.
 
-Cases that the playbook does not refuse at preflight are findings: they are marked xfail
-(strict, so a fix makes them fail until the mark is removed) with where they are refused instead.
+A case that the playbook does not refuse at preflight is a finding: mark it xfail (strict, so a
+fix makes it fail until the mark is removed) with where it is refused instead. None is left.
 """
 
 from __future__ import annotations
@@ -93,113 +94,89 @@ def cvm(**changes: Any) -> dict[str, Any]:
     return {**CVM, **changes}
 
 
-# Findings: where the playbook refuses these instead (not in preflight, after earlier roles changed
-# the host), or that it does not refuse them at all.
-LATE_PROVIDER_CONFIG = (
-    "preflight checks only types and choices; zerog.compute.provider_config refuses this value, after the docker, "
-    "private_ml_sdk and local_kms stages changed the host"
-)
-LATE_DSTACK_CVM = (
-    "preflight checks only types and choices; zerog.compute.dstack_cvm refuses this value, after every earlier "
-    "stage changed the host"
-)
-LATE_PRIVATE_ML_SDK = (
-    "preflight checks only types and choices; zerog.compute.private_ml_sdk refuses this value, after the docker "
-    "stage changed the host"
-)
-LATE_LOCAL_KMS = (
-    "preflight checks only types and choices; zerog.compute.local_kms refuses this value, after the docker and "
-    "private_ml_sdk stages changed the host"
-)
-
 # id: pytest id; extra: the extra vars (passed as JSON with -e); var: the variable the refusal must
-# name; fragment: a piece of the rule the message must state (optional); xfail: the finding.
+# name; fragment: a piece of the rule the message must state (optional); xfail: a finding (see above).
 CASES: list[dict[str, Any]] = [
     # -- provider_config_private_keys: 64 hex digits, an optional 0x removed, a valid secp256k1 key
     {"id": "key-too-short", "extra": {"provider_config_private_keys": [HEX64[:40]]},
-     "var": "provider_config_private_keys", "fragment": "64 hexadecimal", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_private_keys", "fragment": "64 hexadecimal"},
     {"id": "key-not-hex", "extra": {"provider_config_private_keys": ["zz" + HEX64[2:]]},
-     "var": "provider_config_private_keys", "fragment": "non-hexadecimal", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_private_keys", "fragment": "non-hexadecimal"},
     {"id": "key-0x-wrong-length", "extra": {"provider_config_private_keys": ["0x" + HEX64[:63]]},
-     "var": "provider_config_private_keys", "fragment": "63 characters", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_private_keys", "fragment": "63 characters"},
     {"id": "key-zero", "extra": {"provider_config_private_keys": ["0" * 64]},
-     "var": "provider_config_private_keys", "fragment": "secp256k1", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_private_keys", "fragment": "secp256k1"},
     {"id": "key-none", "extra": {"provider_config_private_keys": []},
-     "var": "provider_config_private_keys", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_private_keys"},
     {"id": "key-not-a-list", "extra": {"provider_config_private_keys": {"wallet": HEX64}},
      "var": "provider_config_private_keys", "fragment": "convert to list"},
     # -- provider_config_serving_url: http(s)://host[:port], no path, port = published port here
     {"id": "url-with-path", "extra": {"provider_config_serving_url": "http://203.0.113.7:8080/v1"},
-     "var": "provider_config_serving_url", "fragment": "no path", "xfail": LATE_PROVIDER_CONFIG + " (tried by hand)"},
+     "var": "provider_config_serving_url", "fragment": "no path"},
     {"id": "url-trailing-slash", "extra": {"provider_config_serving_url": "http://203.0.113.7:8080/"},
-     "var": "provider_config_serving_url", "fragment": "trailing slash", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_serving_url", "fragment": "trailing slash"},
     {"id": "url-not-http", "extra": {"provider_config_serving_url": "ftp://203.0.113.7:8080"},
-     "var": "provider_config_serving_url", "fragment": "http", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_serving_url", "fragment": "http"},
     {"id": "url-port-not-published",
      "extra": {"provider_config_serving_url": "http://{{ ansible_facts['default_ipv4']['address'] }}:9090"},
-     "var": "provider_config_serving_url", "fragment": "provider_config_published_port", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_serving_url", "fragment": "provider_config_published_port"},
     # -- ports
     {"id": "published-port-70000", "extra": {"provider_config_published_port": 70000},
-     "var": "provider_config_published_port", "fragment": "65535", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_published_port", "fragment": "65535"},
     {"id": "published-port-not-int", "extra": {"provider_config_published_port": "eighty"},
      "var": "provider_config_published_port", "fragment": "convert to int"},
     {"id": "cvm-port-not-serving-port", "extra": {"dstack_cvm_instances": [cvm(port=9090)]},
-     "var": "dstack_cvm_instances", "fragment": "provider_config_serving_url",
-     "xfail": "nothing refuses it: a full run ends with rc 0, the serving URL registered on chain says port 8080 "
-              "and the CVM serves on 9090 (tried by hand)"},
+     "var": "dstack_cvm_instances", "fragment": "provider_config_serving_url"},
     {"id": "kms-port-0", "extra": {"local_kms_port": 0},
-     "var": "local_kms_port", "fragment": "65535", "xfail": LATE_LOCAL_KMS},
+     "var": "local_kms_port", "fragment": "65535"},
     # -- provider_config_customized_models
     {"id": "model-data-type", "extra": {"provider_config_customized_models": [model(data_type="video")]},
      "var": "provider_config_customized_models", "fragment": "data_type must be one of: text, image"},
     {"id": "model-hash-format", "extra": {"provider_config_customized_models": [model(hash="0x1234")]},
-     "var": "provider_config_customized_models[0].hash", "fragment": "64 hexadecimal", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models[0].hash", "fragment": "64 hexadecimal"},
     {"id": "model-builtin-hash", "extra": {"provider_config_customized_models": [model(hash=BUILTIN_HASH)]},
-     "var": "provider_config_customized_models[0].hash", "fragment": "predefined", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models[0].hash", "fragment": "predefined"},
     {"id": "model-duplicate-name",
      "extra": {"provider_config_customized_models": [model(), model(name="MobileNet_V2", hash="0x" + HEX64)]},
-     "var": "provider_config_customized_models[1].name", "fragment": "unique", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models[1].name", "fragment": "unique"},
     {"id": "model-duplicate-hash",
      "extra": {"provider_config_customized_models": [model(), model(name="resnet50")]},
-     "var": "provider_config_customized_models[1].hash", "fragment": "unique", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models[1].hash", "fragment": "unique"},
     {"id": "model-usage-file-missing",
      "extra": {"provider_config_customized_models": [model(usage_file_src="/nonexistent/mobilenet_v2.zip")]},
-     "var": "provider_config_customized_models", "fragment": "/nonexistent/mobilenet_v2.zip",
-     "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models", "fragment": "/nonexistent/mobilenet_v2.zip"},
     {"id": "model-image-missing", "extra": {"provider_config_customized_models": [model(image=DROP)]},
      "var": "provider_config_customized_models", "fragment": "missing required arguments: image"},
     {"id": "model-script-relative", "extra": {"provider_config_customized_models": [model(training_script="train.py")]},
-     "var": "provider_config_customized_models[0].training_script", "fragment": "absolute",
-     "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_customized_models[0].training_script", "fragment": "absolute"},
     # -- dstack_cvm_instances
     {"id": "cvm-duplicate-name", "extra": {"dstack_cvm_instances": [cvm(), cvm()]},
-     "var": "dstack_cvm_instances", "fragment": "once", "xfail": LATE_DSTACK_CVM},
+     "var": "dstack_cvm_instances", "fragment": "once"},
     {"id": "cvm-name-with-space", "extra": {"dstack_cvm_instances": [cvm(name="fine tune")]},
-     "var": "dstack_cvm_instances", "fragment": "fine tune", "xfail": LATE_DSTACK_CVM},
+     "var": "dstack_cvm_instances", "fragment": "fine tune"},
     {"id": "cvm-disk-without-unit", "extra": {"dstack_cvm_instances": [cvm(disk="100")]},
-     "var": "dstack_cvm_instances", "fragment": "no unit",
-     "xfail": LATE_DSTACK_CVM + " (tried by hand), and its message (disk '100' has no unit) does not name the variable"},
+     "var": "dstack_cvm_instances", "fragment": "no unit"},
     {"id": "cvm-memory-bad-unit", "extra": {"dstack_cvm_instances": [cvm(memory="2GB")]},
-     "var": "dstack_cvm_instances", "fragment": "2GB",
-     "xfail": LATE_DSTACK_CVM + ", and its message (memory '2GB' is not a size ...) does not name the variable"},
+     "var": "dstack_cvm_instances", "fragment": "2GB"},
     {"id": "cvm-unknown-gpu", "extra": {"dstack_cvm_instances": [cvm(gpus=["99:00.0"])]},
-     "var": "dstack_cvm_instances", "fragment": "99:00.0",
-     "xfail": "nothing refuses a GPU address the host does not have: the role takes a list as given (no readiness "
-              "check), dstack new records it, and only the start of the VM can fail"},
+     "var": "dstack_cvm_instances", "fragment": "99:00.0"},
+    {"id": "cvm-gpu-not-an-address", "extra": {"dstack_cvm_instances": [cvm(gpus=["GPU0"])]},
+     "var": "dstack_cvm_instances[0].gpus", "fragment": "not a PCI address"},
+    {"id": "cvm-extra-port-sctp", "extra": {"dstack_cvm_instances": [cvm(extra_ports=["sctp:0.0.0.0:9000:9000"])]},
+     "var": "dstack_cvm_instances[0].extra_ports", "fragment": "not tcp or udp"},
     {"id": "cvm-image-missing", "extra": {"dstack_cvm_instances": [cvm(image="dstack-nvidia-9.9.9")]},
-     "var": "dstack_cvm_instances", "fragment": "dstack-nvidia-9.9.9",
-     "xfail": LATE_DSTACK_CVM + " (its generation is unknown), and its message does not name the variable"},
+     "var": "dstack_cvm_instances", "fragment": "dstack-nvidia-9.9.9"},
     {"id": "cvm-vcpus-not-int", "extra": {"dstack_cvm_instances": [cvm(vcpus="two")]},
      "var": "dstack_cvm_instances", "fragment": "'vcpus' is of type str"},
     # -- private_ml_sdk
     {"id": "sdk-version-empty", "extra": {"private_ml_sdk_version": ""},
-     "var": "private_ml_sdk_version", "fragment": "must not be empty", "xfail": LATE_PRIVATE_ML_SDK},
+     "var": "private_ml_sdk_version", "fragment": "must not be empty"},
     {"id": "sdk-prebuilt-sha256-malformed",
      "extra": {"private_ml_sdk_image_source": "prebuilt", "private_ml_sdk_prebuilt_url": "file:///srv/dstack-nvidia-0.5.5.tar.gz",
                "private_ml_sdk_prebuilt_sha256": "sha256:1234"},
-     "var": "private_ml_sdk_prebuilt_sha256", "fragment": "64 hex", "xfail": LATE_PRIVATE_ML_SDK},
+     "var": "private_ml_sdk_prebuilt_sha256", "fragment": "64 hex"},
     {"id": "sdk-build-user-root", "extra": {"private_ml_sdk_build_user": "root"},
-     "var": "private_ml_sdk_build_user", "fragment": "root", "xfail": LATE_PRIVATE_ML_SDK},
+     "var": "private_ml_sdk_build_user", "fragment": "root"},
     # -- docker
     {"id": "docker-users-not-a-list", "extra": {"docker_users": {"alice": True}},
      "var": "docker_users", "fragment": "convert to list"},
@@ -207,9 +184,9 @@ CASES: list[dict[str, Any]] = [
      "var": "docker_source", "fragment": "docker, distribution"},
     # -- provider_config, other
     {"id": "package-sha256-malformed", "extra": {"provider_config_package_sha256": "sha256:abc"},
-     "var": "provider_config_package_sha256", "fragment": "64 hex", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_package_sha256", "fragment": "64 hex"},
     {"id": "database-password-short", "extra": {"provider_config_database_password": "short"},
-     "var": "provider_config_database_password", "fragment": "12 to 128", "xfail": LATE_PROVIDER_CONFIG},
+     "var": "provider_config_database_password", "fragment": "12 to 128"},
     # -- names: a misspelt variable and an unknown waived check
     {"id": "variable-misspelt", "extra": {"provider_config_serving_ur": "http://203.0.113.7:8080"},
      "var": "provider_config_serving_ur", "fragment": "did you mean provider_config_serving_url"},
@@ -374,12 +351,38 @@ def test_bad_input_is_refused_before_any_change(host, case, usage_zip, tmp_path,
     refused_at_preflight(host, case, usage_zip, tmp_path, limit_to_preflight=True)
 
 
+def check_task_patterns() -> list[re.Pattern[str]]:
+    """'<role FQCN> : <task>' of every task in the roles' tasks/check.yml and the files it imports,
+    as patterns (a templated part of a name matches anything)."""
+    patterns: list[re.Pattern[str]] = []
+
+    def read(role: pathlib.Path, path: pathlib.Path) -> None:
+        for task in yaml.safe_load(path.read_text(encoding="utf-8")) or []:
+            parts = re.split(r"\{\{.*?\}\}", f"zerog.compute.{role.name} : {task['name']}")
+            patterns.append(re.compile(".*".join(re.escape(part) for part in parts) + "$"))
+            imported = task.get("ansible.builtin.import_tasks")
+            if imported:
+                read(role, role / "tasks" / imported)
+
+    for check in sorted((REPO / "roles").glob("*/tasks/check.yml")):
+        read(check.parents[1], check)
+    return patterns
+
+
 def test_untagged_playbook_stops_at_preflight(host, usage_zip, tmp_path, baseline):
-    """The whole playbook, without tags, on one of the cases: no task after preflight runs."""
+    """The whole playbook, without tags, on one of the cases: no task after preflight runs.
+
+    Before its report, preflight runs the roles' own checks, whose tasks show under the role's name;
+    those are the only tasks of other roles that may run, and the last task is preflight's.
+    """
     case = next(c for c in CASES if c["id"] == UNTAGGED_CASE)
     events = refused_at_preflight(host, case, usage_zip, tmp_path, limit_to_preflight=False)
-    ran = {task.split(" : ", 1)[0] for task, _status in events if " : " in task}
-    assert ran == {"zerog.compute.preflight"}
+    tasks = [task for task, _status in events if " : " in task]
+    assert tasks[-1].startswith("zerog.compute.preflight : ")
+    others = {task for task in tasks if not task.startswith("zerog.compute.preflight : ")}
+    patterns = check_task_patterns()
+    assert others
+    assert [task for task in sorted(others) if not any(p.match(task) for p in patterns)] == []
 
 
 def test_the_cases_left_the_host_as_it_was(host, baseline):

@@ -74,28 +74,18 @@ def sim_host(base: str, name: str, profile: str) -> dict:
     """Materialize ``profile`` for host ``name`` under ``base``; return the host's variables."""
     from zerog_sim import profiles  # pylint: disable=import-error,import-outside-toplevel
 
-    work = os.path.join(base, name)
-    os.makedirs(work)
-    root = os.path.join(work, "root")
-    state = os.path.join(work, "active.json")
-    profiles.materialize(profile, root, state)
-    bindir = os.path.join(work, "bin")
-    os.mkdir(bindir)
-    for tool in os.listdir(os.path.join(SIM, "bin")):
-        os.symlink(os.path.join(SIM, "bin", tool), os.path.join(bindir, tool))
-    for tool, target in (("timeout", "/usr/bin/timeout"), ("python3", "/usr/bin/python3"), ("python", "/usr/bin/python3")):
-        os.symlink(target, os.path.join(bindir, tool))
-    interpreter = os.path.join(work, "python")
+    sim = profiles.local_host(base, name, profile)
+    interpreter = os.path.join(sim["work"], "python")
     with open(interpreter, "w", encoding="utf-8") as handle:
-        handle.write(WRAPPER.format(name=name, bindir=bindir, state=state))
+        handle.write(WRAPPER.format(name=name, bindir=sim["bin"], state=sim["state"]))
     os.chmod(interpreter, 0o755)
     return {
         "ansible_connection": "local",
         "ansible_python_interpreter": interpreter,
         # the playbook asks for become; the bench runs as the user it is started by
         "ansible_become": False,
-        "preflight_root": root,
-        "preflight_nvtools_path": os.path.join(bindir, "nvidia_gpu_tools.py"),
+        "preflight_root": sim["root"],
+        "preflight_nvtools_path": os.path.join(sim["bin"], "nvidia_gpu_tools.py"),
         "preflight_disk": [{"path": "/", "min_free_gib": 0.001}],
     }
 

@@ -569,3 +569,17 @@ def test_cli_materialize_and_list(tmp_path: Path) -> None:
                           str(tmp_path / "r2"), "--state", str(tmp_path / "s2.json")],
                          capture_output=True, text=True, env=env, check=False)
     assert bad.returncode == 1 and "no profile 'nope'" in bad.stderr
+
+
+def test_local_host_lays_out_a_host_a_local_connection_can_use(tmp_path):
+    sim = profiles.local_host(str(tmp_path), "h100", "h100x1")
+    assert sim == {"work": str(tmp_path / "h100"), "root": str(tmp_path / "h100" / "root"),
+                   "state": str(tmp_path / "h100" / "active.json"), "bin": str(tmp_path / "h100" / "bin")}
+    assert json.loads(Path(sim["state"]).read_text(encoding="utf-8"))
+    assert Path(sim["root"], "sys", "bus", "pci", "devices").is_dir()
+    tools = sorted(os.listdir(sim["bin"]))
+    assert set(os.listdir(profiles.BIN_DIR)) | {"timeout", "python3", "python"} == set(tools)
+    for tool in tools:
+        assert os.access(os.path.join(sim["bin"], tool), os.X_OK), tool
+    with pytest.raises(FileExistsError):
+        profiles.local_host(str(tmp_path), "h100", "h100x1")

@@ -350,3 +350,28 @@ def set_driver(state: dict[str, Any], bdf: str, driver: str | None, state_file: 
     hostfs.rebuild_pci(state)
     if state_file:
         save_active(state, state_file)
+
+
+BIN_DIR = os.path.join(os.path.dirname(PROFILE_DIR), "bin")
+
+
+def local_host(base: str, name: str, profile: str, profile_dir: str | None = None) -> dict[str, str]:
+    """A simulated host on this machine, for runs with ``ansible_connection: local``.
+
+    Under ``<base>/<name>``: the fixture tree of ``profile`` (``root``), its state file
+    (``state``) and a bin directory (``bin``) holding the stand-in commands of tests/sim/bin plus
+    ``timeout``, ``python3`` and ``python``, so that a PATH of that directory alone finds what
+    the modules run. Returns those three paths and the work directory (``work``).
+    """
+    work = os.path.join(base, name)
+    os.makedirs(work)
+    root = os.path.join(work, "root")
+    state = os.path.join(work, "active.json")
+    materialize(profile, root, state, profile_dir)
+    bindir = os.path.join(work, "bin")
+    os.mkdir(bindir)
+    for tool in sorted(os.listdir(BIN_DIR)):
+        os.symlink(os.path.join(BIN_DIR, tool), os.path.join(bindir, tool))
+    for tool, target in (("timeout", "/usr/bin/timeout"), ("python3", "/usr/bin/python3"), ("python", "/usr/bin/python3")):
+        os.symlink(target, os.path.join(bindir, tool))
+    return {"work": work, "root": root, "state": state, "bin": bindir}

@@ -62,20 +62,9 @@ def _sim_host(base, name, profile):
     """Materialize ``profile`` for host ``name``; return its host vars."""
     from zerog_sim import profiles
 
-    work = os.path.join(base, name)
-    os.makedirs(work)
-    root = os.path.join(work, "root")
-    state = os.path.join(work, "active.json")
-    profiles.materialize(profile, root, state)
-    bindir = os.path.join(work, "bin")
-    os.mkdir(bindir)
-    for tool in os.listdir(os.path.join(SIM, "bin")):
-        os.symlink(os.path.join(SIM, "bin", tool), os.path.join(bindir, tool))
-    os.symlink("/usr/bin/timeout", os.path.join(bindir, "timeout"))
-    os.symlink("/usr/bin/python3", os.path.join(bindir, "python3"))
-    os.symlink("/usr/bin/python3", os.path.join(bindir, "python"))
-    return {"sim_bin": bindir, "sim_state": state, "preflight_root": root,
-            "preflight_nvtools_path": os.path.join(bindir, "nvidia_gpu_tools.py"),
+    sim = profiles.local_host(base, name, profile)
+    return {"sim_bin": sim["bin"], "sim_state": sim["state"], "preflight_root": sim["root"],
+            "preflight_nvtools_path": os.path.join(sim["bin"], "nvidia_gpu_tools.py"),
             "preflight_disk": [{"path": "/", "min_free_gib": 0.001}]}
 
 

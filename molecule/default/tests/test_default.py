@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 
 import pytest
 
@@ -26,6 +27,11 @@ GET = (
 # The simulated guest's own file system (the stand-in QEMU keeps it under the VM directory; on a
 # real host it lives inside the TD, encrypted): what the guest holds is not a host file.
 GUEST = f"{VM}/.sim-guest/"
+# The key as a pattern that does not hold it literally: the test's own grep must not put the key
+# in a process argv, where the argv sampler would find it.
+KEY_PATTERN = f"{KEY[:32]}[{KEY[32]}]{KEY[33:]}"
+# What the argv sampler started by prepare.yml records.
+ARGV_SAMPLES = "/var/lib/zerog-argv-samples"
 
 
 PREDICTED = " (predicted in check mode"
@@ -164,7 +170,7 @@ def test_private_key_not_in(host, where, command):
 
 def test_private_key_only_in_root_only_config_files(host):
     found = host.check_output(
-        f"grep -rlsF {KEY} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev --exclude-dir=run || true"
+        f"grep -rlsE {KEY_PATTERN} / --exclude-dir=proc --exclude-dir=sys --exclude-dir=dev --exclude-dir=run || true"
     ).split()
     allowed = {f"{PACKAGE}/config.local.yaml", f"{VM}/shared/.user-config"}
     on_host = {path for path in found if not path.startswith(GUEST)}
@@ -176,7 +182,22 @@ def test_private_key_only_in_root_only_config_files(host):
 
 
 def test_private_key_not_in_ansible_log():
+    """Every run of the scenario (check, converge, idempotence) was made at -vvv --diff (molecule.yml)."""
     log = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ansible.log"
     text = log.read_text(encoding="utf-8")
     assert "zerog.compute.dstack_cvm" in text  # the log holds the runs
+    assert re.search(r"^.*<[^>]+> EXEC ", text, re.M), "the runs were not logged at -vvv"
+    assert re.search(r"^--- before", text, re.M), "the runs were not logged with --diff"
     assert KEY not in text
+
+
+def test_private_key_not_in_any_argv_sampled_during_the_runs(host):
+    """The argv of every process the sampler saw from prepare on (molecule/resources/argv_sampler.py)."""
+    samples = host.file(ARGV_SAMPLES)
+    assert (samples.user, samples.mode) == ("root", 0o600)
+    seen = samples.content_string
+    # the sampler ran through the playbook: it saw the CVM's dstack run, its QEMU and the broker image build
+    for proof in ("/meta-dstack-nvidia/scripts/bin/dstack run", "qemu-system-x86_64", "docker"):
+        assert proof in seen, f"no sampled argv holds {proof!r}: the sampler did not run during the playbook"
+    assert KEY not in seen
+    assert KEY.upper() not in seen.upper()

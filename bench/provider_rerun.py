@@ -46,6 +46,9 @@ COMMAND_ACTIONS = {
 }
 BUILD_TASKS = ("zerog.compute.private_ml_sdk : Start build.sh", "zerog.compute.private_ml_sdk : Wait for the build")
 
+# How many of the re-run's slowest tasks are listed.
+SLOWEST = 12
+
 
 def seconds(span: dict) -> float:
     """Duration of a json-callback host result (ISO 8601 start/end)."""
@@ -126,6 +129,9 @@ def main() -> int:
         print(f"re-run ratio (second / first without build): {rerun_ratio:.2f} (goal: at most 0.35)")
         print(f"tasks running external commands in the first converge: {commands_s:.1f} s")
         print(f"overhead ratio (first converge / command time): {overhead_ratio:.2f} (goal: at most 1.5)")
+        print("slowest tasks of the no-op re-run (where the re-run ratio goes):")
+        for name, action, spent in sorted(task_times(second), key=lambda task: -task[2])[:SLOWEST]:
+            print(f"  {spent:6.1f} s  {100 * spent / second_s:4.1f} %  {name} ({action})")
         if changed_second:
             print("the second run changed something: not a no-op")
             return 2

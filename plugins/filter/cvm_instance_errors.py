@@ -62,6 +62,9 @@ def cvm_instance_errors(instances, defaults=None, variable="dstack_cvm_instances
             errors.append(f"{where('state')} is {state!r}, not one of {', '.join(STATES)}.")
         if state == "absent":
             continue
+        if "image" in entry and (not isinstance(entry["image"], str) or not entry["image"].strip()):
+            errors.append(f"{variable}[{index}].image is {entry['image']!r}: name an image of <sdk_dir>/images "
+                          "(dstack-nvidia-0.5.5) or give its directory, or drop the key to use dstack_cvm_image.")
         for key, parse in (("memory", lambda text: ds.parse_memory(text, generation)), ("disk", ds.parse_disk)):
             if key not in merged:
                 continue

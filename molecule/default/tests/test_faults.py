@@ -14,10 +14,7 @@ import json
 import os
 import pathlib
 import re
-import subprocess
 
-REPO = pathlib.Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or pathlib.Path(__file__).resolve().parents[3])
-PLAYBOOK = REPO / "playbooks" / "provider.yml"
 UNIT = "dstack-cvm-finetune.service"
 KP_BUILD = "/opt/private-ml-sdk/meta-dstack-nvidia/dstack/key-provider-build"
 # The stand-in key provider runs as a process; this stops it as docker compose down would.
@@ -25,33 +22,24 @@ KP_DOWN = f"cd {KP_BUILD} && env PYTHONPATH=/opt/zerog-sim/kit python3 -m zerog_
 RECAP = re.compile(r"^(?P<host>\S+)\s+: ok=\d+\s+changed=(?P<changed>\d+)\s+unreachable=\d+\s+failed=(?P<failed>\d+)", re.M)
 
 
-def provider(*args: str) -> tuple[int, str]:
-    """ansible-playbook provider.yml against the scenario's inventory; (rc, output)."""
-    report_dir = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fault-reports"
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(PLAYBOOK),
-            "-e", json.dumps({"zerog_provider_report_dir": str(report_dir)}), *args]
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    return proc.returncode, proc.stdout + proc.stderr
-
-
 def listening(host, port: int) -> bool:
     return host.run(f"ss -Hltn 'sport = :{port}'").stdout.strip() != ""
 
 
-def test_key_provider_down_when_the_cvm_starts_then_recovery(host):
+def test_key_provider_down_when_the_cvm_starts_then_recovery(host, provider_playbook):
+    reports = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "fault-reports"
     assert host.service(UNIT).is_running and listening(host, 3443)
     host.run_expect([0], KP_DOWN)
     host.run_expect([0], f"systemctl stop {UNIT}")
     assert not listening(host, 3443)
 
-    rc, output = provider("--tags", "dstack_cvm")
+    rc, output, _seconds = provider_playbook("--tags", "dstack_cvm", report_dir=reports)
     assert rc != 0, output[-3000:]
     assert "nothing answers on 127.0.0.1:3443" in output, output[-3000:]
     assert "--tags local_kms" in output
     assert not host.service(UNIT).is_running, "the unit was started without a key provider"
 
-    rc, output = provider()
+    rc, output, _seconds = provider_playbook(report_dir=reports)
     recap = RECAP.search(output)
     assert rc == 0 and recap and recap["failed"] == "0", output[-3000:]
     assert int(recap["changed"]) > 0

@@ -31,8 +31,6 @@ import os
 import pathlib
 import re
 import shlex
-import subprocess
-import time
 import zipfile
 from typing import Any
 
@@ -166,6 +164,8 @@ CASES: list[dict[str, Any]] = [
      "var": "dstack_cvm_instances[0].extra_ports", "fragment": "not tcp or udp"},
     {"id": "cvm-image-missing", "extra": {"dstack_cvm_instances": [cvm(image="dstack-nvidia-9.9.9")]},
      "var": "dstack_cvm_instances", "fragment": "dstack-nvidia-9.9.9"},
+    {"id": "cvm-image-empty", "extra": {"dstack_cvm_instances": [cvm(image="")]},
+     "var": "dstack_cvm_instances[0].image", "fragment": "drop the key to use dstack_cvm_image"},
     {"id": "cvm-vcpus-not-int", "extra": {"dstack_cvm_instances": [cvm(vcpus="two")]},
      "var": "dstack_cvm_instances", "fragment": "'vcpus' is of type str"},
     # -- private_ml_sdk
@@ -248,31 +248,15 @@ def later_stage_tags() -> list[str]:
     return sorted(tags - {"preflight", "always"})
 
 
-def run_playbook(extra: dict[str, Any], report_dir: pathlib.Path, limit_to_preflight: bool) -> tuple[int, str, float]:
-    """ansible-playbook provider.yml with ``extra`` as JSON extra vars; (rc, output, seconds).
-
-    ``limit_to_preflight`` runs the preflight stage only: ``--tags preflight`` and, so that the
-    ``always`` tasks of the later roles do not run either, ``--skip-tags`` with their stage tags.
-    """
-    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(PLAYBOOK),
-            "-e", json.dumps({"zerog_provider_report_dir": str(report_dir)}), "-e", json.dumps(extra)]
-    if limit_to_preflight:
-        argv += ["--tags", "preflight", "--skip-tags", ",".join(later_stage_tags())]
-    env = dict(os.environ)
-    env.update({
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
-        "ANSIBLE_DISPLAY_OK_HOSTS": "true",
-        "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true",
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_FORCE_COLOR": "0",
-        "ANSIBLE_RETRY_FILES_ENABLED": "false",
-    })
-    for name in ("ANSIBLE_LOG_PATH", "ANSIBLE_CALLBACKS_ENABLED"):
-        env.pop(name, None)
-    started = time.monotonic()
-    proc = subprocess.run(argv, env=env, cwd=report_dir, capture_output=True, text=True, timeout=RUN_TIMEOUT,
-                          check=False)
-    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
+# The output the task parser below reads: the default callback with every ok and skipped result,
+# on stdout only (no log file, no extra callbacks).
+RUN_ENV = {
+    "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default",
+    "ANSIBLE_DISPLAY_OK_HOSTS": "true",
+    "ANSIBLE_DISPLAY_SKIPPED_HOSTS": "true",
+    "ANSIBLE_RETRY_FILES_ENABLED": "false",
+}
+RUN_UNSET = ("ANSIBLE_LOG_PATH", "ANSIBLE_CALLBACKS_ENABLED")
 
 
 _TASK = re.compile(r"^(?:TASK|RUNNING HANDLER) \[(?P<name>.*)\] \**$")
@@ -319,11 +303,18 @@ def tail(text: str, size: int = 4000) -> str:
     return text if len(text) <= size else "...\n" + text[-size:]
 
 
-def refused_at_preflight(host, case: dict[str, Any], usage_zip: pathlib.Path, report_dir: pathlib.Path,
+def refused_at_preflight(host, run, case: dict[str, Any], usage_zip: pathlib.Path, report_dir: pathlib.Path,
                          limit_to_preflight: bool) -> list[tuple[str, str]]:
-    """Run the case and assert everything the module docstring promises; return the task results."""
+    """Run the case with ``run`` (the provider_playbook fixture) and assert everything the module
+    docstring promises; return the task results.
+
+    ``limit_to_preflight`` runs the preflight stage only: ``--tags preflight`` and, so that the
+    ``always`` tasks of the later roles do not run either, ``--skip-tags`` with their stage tags.
+    """
     before = snapshot(host)
-    rc, output, seconds = run_playbook(expand(case["extra"], usage_zip), report_dir, limit_to_preflight)
+    tags = ["--tags", "preflight", "--skip-tags", ",".join(later_stage_tags())] if limit_to_preflight else []
+    rc, output, seconds = run(*tags, report_dir=report_dir, extra=expand(case["extra"], usage_zip), env=RUN_ENV,
+                              unset=RUN_UNSET, timeout=RUN_TIMEOUT)
     after = snapshot(host)
     print(f"{case['id']}: rc {rc} in {seconds:.1f} s ({'preflight stage only' if limit_to_preflight else 'untagged'})")
     events = results(output)
@@ -347,8 +338,8 @@ def refused_at_preflight(host, case: dict[str, Any], usage_zip: pathlib.Path, re
 
 
 @pytest.mark.parametrize("case", _params())
-def test_bad_input_is_refused_before_any_change(host, case, usage_zip, tmp_path, baseline):
-    refused_at_preflight(host, case, usage_zip, tmp_path, limit_to_preflight=True)
+def test_bad_input_is_refused_before_any_change(host, provider_playbook, case, usage_zip, tmp_path, baseline):
+    refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, limit_to_preflight=True)
 
 
 def check_task_patterns() -> list[re.Pattern[str]]:
@@ -369,14 +360,14 @@ def check_task_patterns() -> list[re.Pattern[str]]:
     return patterns
 
 
-def test_untagged_playbook_stops_at_preflight(host, usage_zip, tmp_path, baseline):
+def test_untagged_playbook_stops_at_preflight(host, provider_playbook, usage_zip, tmp_path, baseline):
     """The whole playbook, without tags, on one of the cases: no task after preflight runs.
 
     Before its report, preflight runs the roles' own checks, whose tasks show under the role's name;
     those are the only tasks of other roles that may run, and the last task is preflight's.
     """
     case = next(c for c in CASES if c["id"] == UNTAGGED_CASE)
-    events = refused_at_preflight(host, case, usage_zip, tmp_path, limit_to_preflight=False)
+    events = refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, limit_to_preflight=False)
     tasks = [task for task, _status in events if " : " in task]
     assert tasks[-1].startswith("zerog.compute.preflight : ")
     others = {task for task in tasks if not task.startswith("zerog.compute.preflight : ")}

@@ -13,7 +13,12 @@ with Ansible's ``ansible.posix.json`` callback so every task's start and end are
   commands (command, shell, script, apt, git, and the collection's modules that wrap dstack,
   docker, build.sh or probe a service). Goal: at most 1.5.
 
-    source scripts/env.sh && python3 bench/provider_rerun.py [--keep]
+The host is reached the way an operator reaches a real one (``--connection ssh``, the default):
+OpenSSH into the instance, with pipelining (one round trip per task; the example inventory
+turns it on for real hosts, docs/operator-guide.md §1.3). ``--connection podman`` uses the Molecule scenarios' connection
+instead (podman exec, no pipelining: five round trips per task), to see what the connection costs.
+
+    source scripts/env.sh && python3 bench/provider_rerun.py [--connection ssh|podman] [--keep]
 
 Prints both runs' figures and the ratios; exits 1 when a goal is missed, 2 when a run failed or
 the second run changed something. The instance is removed at the end (``--keep`` keeps it).
@@ -35,6 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from image_builds_per_host import REPO, run, start_instances
 
 HOST = "zerog-bench-rerun"
+# Debian's OpenSSH server, installed in the instance from the mirror its apt already uses.
+SSHD_PACKAGE = "openssh-server"
 # Tasks whose time is the work itself (an external program or a service), by action.
 COMMAND_ACTIONS = {
     "ansible.builtin.command", "ansible.builtin.shell", "ansible.builtin.script", "ansible.builtin.apt",
@@ -88,11 +95,39 @@ def task_times(doc: dict) -> list[tuple[str, str, float]]:
     return out
 
 
+def reach_over_ssh(work: Path) -> dict[str, str]:
+    """Install sshd in the instance, authorize a fresh key; return the host's connection variables."""
+    key = work / "id_ed25519"
+    run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "zerog-bench", "-f", str(key)])
+    run(["podman", "exec", "--env=DEBIAN_FRONTEND=noninteractive", HOST, "sh", "-c",
+         f"apt-get update -q && apt-get install -y -q --no-install-recommends {SSHD_PACKAGE}"],
+        log=work / "sshd.log")
+    run(["podman", "exec", HOST, "install", "-d", "-m", "0700", "/root/.ssh"])
+    run(["podman", "cp", f"{key}.pub", f"{HOST}:/root/.ssh/authorized_keys"])
+    run(["podman", "exec", HOST, "sh", "-c",
+         "chown root:root /root/.ssh/authorized_keys && chmod 0600 /root/.ssh/authorized_keys"
+         " && systemctl enable --now ssh"])
+    address = run(["podman", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", HOST]).stdout.strip()
+    if not address:
+        raise SystemExit(f"{HOST} has no address on podman's network: use --connection podman")
+    return {
+        "ansible_connection": "ansible.builtin.ssh",
+        "ansible_host": address,
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key),
+        # A throwaway instance: its host key is new on every run.
+        "ansible_ssh_common_args": "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null",
+        "ansible_ssh_pipelining": "true",
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the instance and the run outputs")
+    parser.add_argument("--connection", choices=("ssh", "podman"), default="ssh",
+                        help="how Ansible reaches the host: OpenSSH with pipelining (default), or podman exec")
     args = parser.parse_args()
-    for tool in ("podman", "ansible-playbook"):
+    for tool in ("podman", "ansible-playbook", *(("ssh", "ssh-keygen") if args.connection == "ssh" else ())):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is not on PATH: run `source scripts/env.sh` first")
 
@@ -100,9 +135,13 @@ def main() -> int:
     try:
         image = run(["bash", str(REPO / "molecule" / "resources" / "image.sh")]).stdout.strip().splitlines()[-1]
         start_instances(image, [HOST])
+        # Host variables: they win over the sim inventory's group connection, and unlike extra
+        # variables they do not follow the tasks delegated to the controller.
+        host_vars = reach_over_ssh(work) if args.connection == "ssh" else {}
         inventory = work / "inventory"
         inventory.mkdir()
-        (inventory / "hosts.yml").write_text(json.dumps({"all": {"children": {"providers": {"hosts": {HOST: {}}}}}}))
+        (inventory / "hosts.yml").write_text(
+            json.dumps({"all": {"children": {"providers": {"hosts": {HOST: host_vars}}}}}))
         (inventory / "group_vars").symlink_to(REPO / "inventories" / "sim" / "group_vars")
         env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_INJECT_FACT_VARS="False")
         extra = ["-e", json.dumps({"molecule_yml": {"platforms": [{"name": HOST, "sim_profile": "h100x1"}]},
@@ -123,6 +162,7 @@ def main() -> int:
         rerun_ratio = second_s / first_wo_build
         overhead_ratio = first_s / commands_s if commands_s else float("inf")
 
+        print(f"connection: {args.connection}{' (pipelining)' if args.connection == 'ssh' else ''}")
         print(f"first converge: {first_s:.1f} s wall, of which image build {build_s:.1f} s "
               f"-> {first_wo_build:.1f} s without the build; {len(first_tasks)} task results")
         print(f"second run: {second_s:.1f} s wall, changed={changed_second}")

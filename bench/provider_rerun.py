@@ -51,6 +51,12 @@ COMMAND_ACTIONS = {
     "zerog.compute.key_provider_probe", "zerog.compute.image_build_wait", "zerog.compute.dstack_image_info",
     "zerog.compute.finetune_config", "zerog.compute.docker_daemon_config",
 }
+# Actions that run on the controller only (no round trip to the host).
+CONTROLLER_ACTIONS = {
+    "ansible.builtin.assert", "ansible.builtin.set_fact", "ansible.builtin.debug", "ansible.builtin.fail",
+    "ansible.builtin.include_tasks", "ansible.builtin.include_role", "ansible.builtin.include_vars",
+    "ansible.builtin.validate_argument_spec", "ansible.builtin.meta",
+}
 BUILD_TASKS = ("zerog.compute.private_ml_sdk : Start build.sh", "zerog.compute.private_ml_sdk : Wait for the build")
 
 # How many of the re-run's slowest tasks are listed.
@@ -81,6 +87,21 @@ def timed_run(argv: list[str], env: dict[str, str], out: Path) -> tuple[float, d
     if proc.returncode != 0 or stats.get("failures") or stats.get("unreachable"):
         raise SystemExit(f"provider.yml failed (rc {proc.returncode}, stats {stats}); output in {out}")
     return took, doc
+
+
+def kinds(doc: dict) -> str:
+    """How many task results ran a module on the host, ran on the controller only, or were skipped."""
+    counts = {"host": [0, 0.0], "controller": [0, 0.0], "skipped": [0, 0.0]}
+    for play in doc["plays"]:
+        for task in play["tasks"]:
+            result = task["hosts"].get(HOST)
+            if result is None:
+                continue
+            kind = ("skipped" if result.get("skipped")
+                    else "controller" if result.get("action") in CONTROLLER_ACTIONS else "host")
+            counts[kind][0] += 1
+            counts[kind][1] += seconds(task["task"]["duration"])
+    return ", ".join(f"{n} {kind} ({spent:.1f} s)" for kind, (n, spent) in counts.items())
 
 
 def task_times(doc: dict) -> list[tuple[str, str, float]]:
@@ -165,7 +186,9 @@ def main() -> int:
         print(f"connection: {args.connection}{' (pipelining)' if args.connection == 'ssh' else ''}")
         print(f"first converge: {first_s:.1f} s wall, of which image build {build_s:.1f} s "
               f"-> {first_wo_build:.1f} s without the build; {len(first_tasks)} task results")
+        print(f"  task results: {kinds(first)}")
         print(f"second run: {second_s:.1f} s wall, changed={changed_second}")
+        print(f"  task results: {kinds(second)}")
         print(f"re-run ratio (second / first without build): {rerun_ratio:.2f} (goal: at most 0.35)")
         print(f"tasks running external commands in the first converge: {commands_s:.1f} s")
         print(f"overhead ratio (first converge / command time): {overhead_ratio:.2f} (goal: at most 1.5)")

@@ -5,7 +5,8 @@ command). The instances are podman containers, so talk to them with testinfra's 
 backend instead: one `podman exec` per command, several times faster.
 
 The fixture ``provider_playbook`` runs playbooks/provider.yml against the scenario's inventory,
-for the verifiers that drive the whole playbook again (faults, bad input).
+for the verifiers that drive the whole playbook again (faults, bad input); ``repo_dir`` is the
+checkout they read the playbook and the roles from.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def run_provider(*args: str, report_dir: pathlib.Path, extra: dict[str, Any] | N
     proc = subprocess.run([*argv, *args], env=full_env, cwd=report_dir, capture_output=True, text=True,
                           timeout=timeout, check=False)
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started)
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> pathlib.Path:
+    """The collection's checkout (Molecule's project directory): its roles and playbooks."""
+    return REPO
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import pathlib
 import re
 import shlex
@@ -37,15 +36,10 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = pathlib.Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY") or pathlib.Path(__file__).resolve().parents[3])
-PLAYBOOK = REPO / "playbooks" / "provider.yml"
 RUN_TIMEOUT = 300
 
-# The controller-side tasks of preflight that may report "changed": its JSON report.
-REPORT_TASKS = {
-    "zerog.compute.preflight : Make the report directory on the controller",
-    "zerog.compute.preflight : Write the report of the host on the controller",
-}
+# The controller-side task of preflight that may report "changed": its JSON report.
+REPORT_TASKS = {"zerog.compute.preflight : Write the report of the host on the controller"}
 
 # What the snapshot lists: every file under these roots (with mode, owner, size and mtime), the
 # dpkg database, the Docker volume, and the systemd units (loaded ones with their states, and the
@@ -238,9 +232,9 @@ def differences(before: dict[str, list[str]], after: dict[str, list[str]]) -> di
 # -- the playbook run ------------------------------------------------------------------------------
 
 
-def later_stage_tags() -> list[str]:
+def later_stage_tags(repo: pathlib.Path) -> list[str]:
     """The tags of provider.yml's tasks other than preflight's (read from the playbook itself)."""
-    plays = yaml.safe_load(PLAYBOOK.read_text(encoding="utf-8"))
+    plays = yaml.safe_load((repo / "playbooks" / "provider.yml").read_text(encoding="utf-8"))
     tags: set[str] = set()
     for play in plays:
         for task in play.get("pre_tasks", []) + play.get("tasks", []):
@@ -304,19 +298,20 @@ def tail(text: str, size: int = 4000) -> str:
 
 
 def refused_at_preflight(host, run, case: dict[str, Any], usage_zip: pathlib.Path, report_dir: pathlib.Path,
-                         limit_to_preflight: bool) -> list[tuple[str, str]]:
+                         skip_stages: list[str] | None) -> list[tuple[str, str]]:
     """Run the case with ``run`` (the provider_playbook fixture) and assert everything the module
     docstring promises; return the task results.
 
-    ``limit_to_preflight`` runs the preflight stage only: ``--tags preflight`` and, so that the
-    ``always`` tasks of the later roles do not run either, ``--skip-tags`` with their stage tags.
+    ``skip_stages`` (the later stages' tags) runs the preflight stage only: ``--tags preflight`` and,
+    so that the ``always`` tasks of the later roles do not run either, ``--skip-tags`` with them;
+    ``None`` runs the playbook without tags.
     """
     before = snapshot(host)
-    tags = ["--tags", "preflight", "--skip-tags", ",".join(later_stage_tags())] if limit_to_preflight else []
+    tags = ["--tags", "preflight", "--skip-tags", ",".join(skip_stages)] if skip_stages else []
     rc, output, seconds = run(*tags, report_dir=report_dir, extra=expand(case["extra"], usage_zip), env=RUN_ENV,
                               unset=RUN_UNSET, timeout=RUN_TIMEOUT)
     after = snapshot(host)
-    print(f"{case['id']}: rc {rc} in {seconds:.1f} s ({'preflight stage only' if limit_to_preflight else 'untagged'})")
+    print(f"{case['id']}: rc {rc} in {seconds:.1f} s ({'preflight stage only' if skip_stages else 'untagged'})")
     events = results(output)
     failures = [task for task, status in events if status in ("fatal", "failed")]
     changed = sorted({task for task, status in events if status == "changed"} - REPORT_TASKS)
@@ -338,11 +333,12 @@ def refused_at_preflight(host, run, case: dict[str, Any], usage_zip: pathlib.Pat
 
 
 @pytest.mark.parametrize("case", _params())
-def test_bad_input_is_refused_before_any_change(host, provider_playbook, case, usage_zip, tmp_path, baseline):
-    refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, limit_to_preflight=True)
+def test_bad_input_is_refused_before_any_change(host, provider_playbook, repo_dir, case, usage_zip, tmp_path,
+                                                baseline):
+    refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, skip_stages=later_stage_tags(repo_dir))
 
 
-def check_task_patterns() -> list[re.Pattern[str]]:
+def check_task_patterns(repo: pathlib.Path) -> list[re.Pattern[str]]:
     """'<role FQCN> : <task>' of every task in the roles' tasks/check.yml and the files it imports,
     as patterns (a templated part of a name matches anything)."""
     patterns: list[re.Pattern[str]] = []
@@ -355,23 +351,23 @@ def check_task_patterns() -> list[re.Pattern[str]]:
             if imported:
                 read(role, role / "tasks" / imported)
 
-    for check in sorted((REPO / "roles").glob("*/tasks/check.yml")):
+    for check in sorted((repo / "roles").glob("*/tasks/check.yml")):
         read(check.parents[1], check)
     return patterns
 
 
-def test_untagged_playbook_stops_at_preflight(host, provider_playbook, usage_zip, tmp_path, baseline):
+def test_untagged_playbook_stops_at_preflight(host, provider_playbook, repo_dir, usage_zip, tmp_path, baseline):
     """The whole playbook, without tags, on one of the cases: no task after preflight runs.
 
     Before its report, preflight runs the roles' own checks, whose tasks show under the role's name;
     those are the only tasks of other roles that may run, and the last task is preflight's.
     """
     case = next(c for c in CASES if c["id"] == UNTAGGED_CASE)
-    events = refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, limit_to_preflight=False)
+    events = refused_at_preflight(host, provider_playbook, case, usage_zip, tmp_path, skip_stages=None)
     tasks = [task for task, _status in events if " : " in task]
     assert tasks[-1].startswith("zerog.compute.preflight : ")
     others = {task for task in tasks if not task.startswith("zerog.compute.preflight : ")}
-    patterns = check_task_patterns()
+    patterns = check_task_patterns(repo_dir)
     assert others
     assert [task for task in sorted(others) if not any(p.match(task) for p in patterns)] == []
 
@@ -381,7 +377,7 @@ def test_the_cases_left_the_host_as_it_was(host, baseline):
     assert differences(baseline, snapshot(host)) == {}
 
 
-def test_the_table_is_sound():
+def test_the_table_is_sound(repo_dir):
     ids = [case["id"] for case in CASES]
     assert len(ids) == len(set(ids))
     assert len(ids) >= 25
@@ -391,5 +387,5 @@ def test_the_table_is_sound():
     for case in CASES:
         assert any(case["var"].startswith(name) for name in case["extra"]), case["id"]
     # the preflight-only runs skip exactly the stages after preflight
-    assert later_stage_tags() == ["docker", "dstack_cvm", "local_kms", "private_ml_sdk", "provider_config",
-                                  "report", "verify"]
+    assert later_stage_tags(repo_dir) == ["docker", "dstack_cvm", "local_kms", "private_ml_sdk",
+                                          "provider_config", "report", "verify"]

@@ -3,7 +3,8 @@
 
 Test harness only (Molecule scenarios enable it through ANSIBLE_CALLBACK_PLUGINS). With
 ZEROG_CHANGES_DIR set, every run of a playbook whose file name is in ZEROG_CHANGES_PLAYBOOKS
-(comma-separated, default converge.yml) writes, leaving out tasks delegated to the controller, ``<dir>/<NNN>-<check|run>.json``:
+(comma-separated, default converge.yml) writes, leaving out what is written on the controller
+(tasks delegated to it, and zerog.compute.controller_file), ``<dir>/<NNN>-<check|run>.json``:
 ``{"playbook": ..., "check_mode": bool, "changed": {"<host>": ["<task name>", ...]}}``, so a
 verifier can compare what check mode predicted with what the real run then did.
 """
@@ -15,6 +16,9 @@ import os
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
+
+# Actions that write on the controller only, whatever host the task is for.
+CONTROLLER_ACTIONS = {"zerog.compute.controller_file"}
 
 DOCUMENTATION = """
 name: zerog_changes
@@ -49,7 +53,8 @@ class CallbackModule(CallbackBase):
         if self._playbook is None or not result._result.get("changed", False):
             return
         # Files the playbook writes on the controller (reports) are not changes of the host.
-        if str(result._task.delegate_to or "") in ("localhost", "127.0.0.1"):
+        if (str(result._task.delegate_to or "") in ("localhost", "127.0.0.1")
+                or result._task.action in CONTROLLER_ACTIONS):
             return
         host = result._host.get_name()
         name = result._task.get_name()

@@ -55,7 +55,7 @@ COMMAND_ACTIONS = {
 CONTROLLER_ACTIONS = {
     "ansible.builtin.assert", "ansible.builtin.set_fact", "ansible.builtin.debug", "ansible.builtin.fail",
     "ansible.builtin.include_tasks", "ansible.builtin.include_role", "ansible.builtin.include_vars",
-    "ansible.builtin.validate_argument_spec", "ansible.builtin.meta",
+    "ansible.builtin.validate_argument_spec", "ansible.builtin.meta", "zerog.compute.controller_file",
 }
 BUILD_TASKS = ("zerog.compute.private_ml_sdk : Start build.sh", "zerog.compute.private_ml_sdk : Wait for the build")
 

@@ -64,7 +64,11 @@ def read_current(path):
 def write_atomically(path, content, mode, directory_mode):
     """Create the missing directories, then replace the file by a complete new one."""
     for directory in missing_parents(path):
-        os.mkdir(directory)
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            # Another fork writing its own host's report made it a moment ago.
+            continue
         os.chmod(directory, directory_mode)
     directory = os.path.dirname(path) or "."
     handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")

@@ -94,3 +94,19 @@ def test_the_write_replaces_the_file_in_one_step(tmp_path, monkeypatch):
         make_action({"path": str(target), "content": "new\n"}).run(task_vars={})
     assert target.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["host1.json"]
+
+
+def test_a_directory_another_fork_made_meanwhile_is_used(tmp_path, monkeypatch):
+    """Forks write their hosts' reports at once: the directory one of them makes first is taken."""
+    real_mkdir = os.mkdir
+    target = tmp_path / "reports" / "host2.json"
+
+    def other_fork_first(path, *args, **kwargs):
+        real_mkdir(path, 0o750)  # the other fork's directory, with its mode
+        raise FileExistsError(17, "File exists", str(path))
+
+    monkeypatch.setattr(controller_file.os, "mkdir", other_fork_first)
+    result = make_action({"path": str(target), "content": "x\n"}).run(task_vars={})
+    assert result["changed"] is True
+    assert target.read_text(encoding="utf-8") == "x\n"
+    assert mode_of(tmp_path / "reports") == "0750"

@@ -153,6 +153,8 @@ VERSION_RE = re.compile(r"^NVIDIA GPU Tools version (\S+)", re.M)
 NVIDIA_DRIVER_RE = re.compile(r"The nvidia driver appears to be using")
 NOT_FOUND_RE = re.compile(r"Matching for \S+ found nothing")
 UNRECOGNIZED_PPCIE_RE = re.compile(r"unrecognized arguments:.*--query-ppcie-mode")
+#: the last line of a traceback: ``gpu.error.GpuError: GPU 0000:2a:00.0 ... is not responding``
+EXCEPTION_RE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): ")
 
 
 def parse_nvtools(stdout, stderr):
@@ -171,7 +173,7 @@ def parse_nvtools(stdout, stderr):
             entry = modes.setdefault(match.group("bdf"), {"device_id": match.group("devid")[2:].zfill(4)})
             key = "cc_mode" if match.group("what") == "CC" else "ppcie_mode"
             entry[key] = match.group("mode")
-        elif " ERROR " in line or line.startswith(("Traceback", "nvidia_gpu_tools.py: error")):
+        elif " ERROR " in line or line.startswith(("Traceback", "nvidia_gpu_tools.py: error")) or EXCEPTION_RE.match(line):
             errors.append(line.strip())
     return {"version": version.group(1) if version else None, "modes": modes, "errors": errors}
 

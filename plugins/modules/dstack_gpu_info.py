@@ -210,12 +210,15 @@ DSTACK_SCRIPT = "meta-dstack-nvidia/scripts/bin/dstack"
 NO_PPCIE = "this nvidia_gpu_tools.py version cannot query the PPCIe mode"
 
 
-def query_modes(module, path, devices, timeout):
+def query_modes(module, path, devices, timeout, unsupported=()):
     """Ask nvidia_gpu_tools.py for the modes of each (device, kind).
 
     Sets ``cc_mode``/``ppcie_mode`` from what the tool printed; ``mode_error`` when the tool
     failed for the device (the mode cannot be established), ``mode_unknown`` when this tool
-    version cannot report the PPCIe mode. Returns {path, version, skipped}.
+    version cannot report the PPCIe mode. Several devices of a kind are asked in one run
+    (``--devices gpus`` / ``--devices nvswitches``) when the tool can select them all; a device
+    that run left without its modes (the tool stops at the first device it fails on) is then
+    asked on its own, which names its error. Returns {path, version, skipped}.
     """
     tool = Tool(module, "nvidia_gpu_tools.py", path=path, option="nvtools_path", timeout=timeout)
     state = {"path": path, "version": None, "skipped": None}
@@ -227,46 +230,107 @@ def query_modes(module, path, devices, timeout):
     if not os.path.isfile(path):
         state["skipped"] = f"nvidia_gpu_tools.py not found at {path} (option nvtools_path), CC and PPCIe modes unknown."
         return state
-    with_ppcie = True
+    ppcie = {"supported": True}
+    done = set()
+    for kind, selector in (("gpu", "gpus"), ("nvswitch", "nvswitches")):
+        group = [dev for dev, k in devices if k == kind]
+        if _batchable(group, kind, unsupported) and (kind == "gpu" or ppcie["supported"]):
+            parsed = _query(tool, ["--devices", selector], kind, ppcie, f"Querying the modes of the {selector}")
+            if parsed is not None:
+                state["version"] = state["version"] or parsed["version"]
+                for dev in group:
+                    if _apply(dev, kind, parsed["modes"].get(dev["bdf"]), ppcie["supported"]):
+                        done.add(dev["bdf"])
     for dev, kind in devices:
-        if kind == "nvswitch" and not with_ppcie:
+        if dev["bdf"] in done:
+            continue
+        if kind == "nvswitch" and not ppcie["supported"]:
             dev["mode_unknown"] = NO_PPCIE
             continue
         if dev["driver"] == "nvidia":
             # the tool aborts on such a GPU unless told to ignore the driver, which is unsafe
             dev["mode_error"] = "the host nvidia driver uses it, and nvidia_gpu_tools.py refuses such a GPU"
             continue
-        rc, out, err = _run(tool, gpu.nvtools_args(dev, kind, with_ppcie), dev)
-        if rc == 2 and gpu.UNRECOGNIZED_PPCIE_RE.search(err or ""):
-            # tools that predate PPCIe (2024 versions) reject the option: query CC mode only
-            with_ppcie = False
-            if kind == "nvswitch":
-                dev["mode_unknown"] = NO_PPCIE
-                continue
-            rc, out, err = _run(tool, gpu.nvtools_args(dev, kind, with_ppcie), dev)
-        parsed = gpu.parse_nvtools(out, err)
+        rc, parsed = _query_one(tool, dev, kind, ppcie)
+        if parsed is None:
+            continue
         state["version"] = state["version"] or parsed["version"]
         found = parsed["modes"].get(dev["bdf"], {})
         if found and found["device_id"] != dev["device_id"]:
             dev["mode_error"] = f"the tool reported device id {found['device_id']} for {dev['bdf']}"
             continue
-        if kind == "gpu":
-            dev["cc_mode"] = found.get("cc_mode")
-        dev["ppcie_mode"] = found.get("ppcie_mode")
-        missing = (kind == "gpu" and dev["cc_mode"] is None) or (with_ppcie and dev["ppcie_mode"] is None)
+        _apply(dev, kind, found, ppcie["supported"])
         if rc != 0:
-            lines = parsed["errors"] or (err or out or "").strip().splitlines()[-1:]
+            dev["mode_unknown"] = None
+            lines = parsed["errors"] or parsed["last"]
             dev["mode_error"] = f"nvidia_gpu_tools.py exited with rc {rc}" + (f": {lines[-1]}" if lines else "")
-        elif missing:
+        elif not _complete(dev, kind, ppcie["supported"]):
             dev["mode_error"] = "nvidia_gpu_tools.py printed no mode for it"
-        elif not with_ppcie:
-            dev["mode_unknown"] = NO_PPCIE
     return state
 
 
-def _run(tool, args, dev):
+def _batchable(group, kind, unsupported):
+    """Whether one ``--devices`` run selects exactly ``group`` and can answer for all of it.
+
+    Only with two or more devices (one is asked by BDF anyway), none driven by the nvidia
+    driver (the tool would abort there) and no unsupported NVIDIA device of the same class (the
+    selector would take it too).
+    """
+    if len(group) < 2 or any(dev["driver"] == "nvidia" for dev in group):
+        return False
+    return not any((dev["class"] == gpu.NVSWITCH_CLASS) == (kind == "nvswitch") for dev in unsupported)
+
+
+def _modes_args(kind, with_ppcie):
+    return (["--query-cc-mode"] if kind == "gpu" else []) + (["--query-ppcie-mode"] if with_ppcie else [])
+
+
+def _query(tool, selector_args, kind, ppcie, what):
+    """One run with ``selector_args``: its parsed output (plus rc and last line), or None.
+
+    Tools that predate PPCIe (2024 versions) reject ``--query-ppcie-mode`` with rc 2: that is
+    remembered in ``ppcie`` and GPUs are asked again for their CC mode only (None for NVSwitches).
+    """
+    rc, out, err = _run(tool, selector_args + _modes_args(kind, ppcie["supported"]), what)
+    if rc == 2 and ppcie["supported"] and gpu.UNRECOGNIZED_PPCIE_RE.search(err or ""):
+        ppcie["supported"] = False
+        if kind == "nvswitch":
+            return None
+        rc, out, err = _run(tool, selector_args + _modes_args(kind, False), what)
+    parsed = gpu.parse_nvtools(out, err)
+    parsed["rc"] = rc
+    parsed["last"] = (err or out or "").strip().splitlines()[-1:]
+    return parsed
+
+
+def _query_one(tool, dev, kind, ppcie):
+    parsed = _query(tool, [f"--gpu-bdf={dev['bdf']}"], kind, ppcie, f"Querying the modes of {dev['bdf']}")
+    if parsed is None:
+        dev["mode_unknown"] = NO_PPCIE
+        return None, None
+    return parsed["rc"], parsed
+
+
+def _complete(dev, kind, with_ppcie):
+    return not ((kind == "gpu" and dev["cc_mode"] is None) or (with_ppcie and dev["ppcie_mode"] is None))
+
+
+def _apply(dev, kind, found, with_ppcie):
+    """Take the modes the tool printed for ``dev``; True when they are all there."""
+    if not found or found["device_id"] != dev["device_id"]:
+        return False
+    if kind == "gpu":
+        dev["cc_mode"] = found.get("cc_mode")
+    dev["ppcie_mode"] = found.get("ppcie_mode")
+    complete = _complete(dev, kind, with_ppcie)
+    if complete and not with_ppcie:
+        dev["mode_unknown"] = NO_PPCIE
+    return complete
+
+
+def _run(tool, args, what):
     try:
-        return tool.run(args, what=f"Querying the modes of {dev['bdf']}", ok_rcs=None)
+        return tool.run(args, what=what, ok_rcs=None)
     except CommandFailed as exc:  # timeout
         return exc.rc, exc.stdout, exc.stderr
 
@@ -310,7 +374,7 @@ def main():
 
     if p["nvtools_path"]:
         nvtools = query_modes(module, p["nvtools_path"], [(d, "gpu") for d in gpus] + [(d, "nvswitch") for d in switches],
-                              p["command_timeout"])
+                              p["command_timeout"], unsupported)
     else:
         nvtools = {"path": None, "version": None,
                    "skipped": "nvidia_gpu_tools.py not given (option nvtools_path), CC and PPCIe modes unknown."}

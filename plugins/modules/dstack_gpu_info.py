@@ -18,7 +18,10 @@ description:
   - Reads the confidential-computing (CC) and protected-PCIe (PPCIe) mode of each device with
     NVIDIA's C(nvidia_gpu_tools.py) when O(nvtools_path) is given; without it the modes are
     unknown and the mode checks are not evaluated. The tool's output is matched on PCI address,
-    device id and mode, not on the GPU name, which differs between tool versions.
+    device id and mode, not on the GPU name, which differs between tool versions. Two or more
+    devices of a kind are asked in one run (C(--devices gpus), C(--devices nvswitches)); a device
+    that run leaves without its modes, and every device when one of its kind is held by the
+    nvidia driver or is an unsupported NVIDIA device, is asked on its own (C(--gpu-bdf)).
   - With O(sdk_dir), runs that private-ml-sdk checkout's C(dstack lsgpu), parses both of its output
     generations, and reports where it disagrees with sysfs.
   - Checks the host against the GPU mode policy (single-GPU CVMs, or HGX 8-GPU PPCIe) and returns

@@ -42,14 +42,19 @@ from image_builds_per_host import REPO, run, start_instances
 HOST = "zerog-bench-rerun"
 # Debian's OpenSSH server, installed in the instance from the mirror its apt already uses.
 SSHD_PACKAGE = "openssh-server"
-# Tasks whose time is the work itself (an external program or a service), by action.
+# Tasks whose time is the work itself: the action runs an external program (useradd/usermod for
+# user, getent, ip for setup's network facts, dpkg for apt, dockerd --validate, dstack,
+# nvidia_gpu_tools.py, ...), talks to a service, or hashes an image as sha256sum would
+# (dstack_image_info). finetune_config is not one: it checks and writes a file in Python, as
+# template does.
 COMMAND_ACTIONS = {
     "ansible.builtin.command", "ansible.builtin.shell", "ansible.builtin.script", "ansible.builtin.apt",
     "ansible.builtin.git", "ansible.builtin.get_url", "ansible.builtin.uri", "ansible.builtin.systemd_service",
-    "ansible.builtin.wait_for", "ansible.builtin.unarchive",
+    "ansible.builtin.wait_for", "ansible.builtin.unarchive", "ansible.builtin.user", "ansible.builtin.getent",
+    "ansible.builtin.setup",
     "zerog.compute.dstack_cvm", "zerog.compute.dstack_gpu_info", "zerog.compute.tdx_host_info",
     "zerog.compute.key_provider_probe", "zerog.compute.image_build_wait", "zerog.compute.dstack_image_info",
-    "zerog.compute.finetune_config", "zerog.compute.docker_daemon_config",
+    "zerog.compute.docker_daemon_config",
 }
 # Actions that run on the controller only (no round trip to the host).
 CONTROLLER_ACTIONS = {

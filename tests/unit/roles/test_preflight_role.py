@@ -88,15 +88,17 @@ def runs(tmp_path_factory):
     # host that checks the other input errors, and check it on its own host
     hosts["choice"] = dict(common, preflight_host_checks=False, preflight_gpu_policy="multi")
     del hosts["inputs"]["preflight_gpu_policy"]
-    inventory = os.path.join(base, "inventory.json")
+    # the inventory in a directory of its own, apart from the playbook: the reports must land in
+    # preflight_report_dir's default, .reports/ beside the inventory (not beside the playbook)
+    os.makedirs(os.path.join(base, "inventory"))
+    inventory = os.path.join(base, "inventory", "hosts.json")
     with open(inventory, "w", encoding="utf-8") as handle:
         json.dump({"all": {"hosts": hosts}}, handle)
     play = os.path.join(base, "play.yml")
     with open(play, "w", encoding="utf-8") as handle:
         handle.write(TEST_PLAY)
-    reports = os.path.join(base, "reports")
-    removed = json.dumps({"__preflight_removed_variables": {"preflight_old_knob": "replaced by preflight_waive"},
-                          "preflight_report_dir": reports})
+    reports = os.path.join(base, "inventory", ".reports")
+    removed = json.dumps({"__preflight_removed_variables": {"preflight_old_knob": "replaced by preflight_waive"}})
     results = []
     snapshots = []
     try:
@@ -155,6 +157,16 @@ def test_passing_host(runs):
     assert report["gpus"]["cvm_gpus"] == ["18:00.0"]
     assert report["platform"]["kernel"] == "6.17.0-5-generic"
     assert _recap(runs["runs"][0].stdout, "h100")["failed"] == "0"
+
+
+def test_reports_default_to_dot_reports_beside_the_inventory(runs):
+    """Without preflight_report_dir the reports go beside the inventory, not the playbook."""
+    listing = sorted(os.listdir(os.path.join(runs["base"], "inventory", ".reports")))
+    assert listing == sorted(f"{host}.json" for host in ("inputs", "h100", "ccoff", "waived", "choice")
+                             if runs["reports"][0][host] is not None)
+    assert "h100.json" in listing
+    assert not os.path.exists(os.path.join(runs["base"], ".reports"))
+    assert not os.path.exists(os.path.join(runs["base"], "reports"))
 
 
 def test_failing_host_stops_with_its_failure(runs):

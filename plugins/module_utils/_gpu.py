@@ -469,9 +469,12 @@ def mode_checks(gpus, switches, policy, allow_devtools, nvtools_state):
         # CC on excludes PPCIe on (the tool turns CC off when it enables PPCIe), so a tool too old
         # to query PPCIe still proves PPCIe off for a GPU whose CC mode is on.
         unknown_pp = [d for d in readable if d.get("ppcie_mode") is None and d.get("cc_mode") not in ("on", "devtools")]
+        inferred = [d for d in readable if d.get("ppcie_mode") is None and d.get("cc_mode") in ("on", "devtools")]
         checks.append(verdict("gpu_ppcie_mode", wrong_pp, errors, unknown_pp,
                               "single-GPU CVMs need PPCIe mode off: it is on for " + _listing(wrong_pp),
-                              "PPCIe mode is off on every GPU."))
+                              "PPCIe mode is off on every GPU" + (
+                                  " (" + _listing(inferred) + ": the tool does not report PPCIe; off because CC is on)"
+                                  if inferred else "") + "."))
         return checks
 
     wrong_cc = [d for d in readable if d.get("cc_mode") not in (None, "off")]

@@ -4,8 +4,9 @@ One ansible-playbook run with four local hosts: ``inputs`` only validates variab
 misspelled, a removed, an ill-typed and an out-of-range one), ``h100`` is the passing profile
 h100x1, ``ccoff`` the failing profile gpu_cc_off and ``waived`` the same with its failure
 waived. Each host reads its own fixture tree (``preflight_root``) and runs the simulation kit's
-stand-ins (``environment:`` gives each host its PATH and state file). A second run in check
-mode must give the same reports and change nothing.
+stand-ins (``environment:`` gives each host its PATH and state file). A second play runs
+preflight again on the hosts that passed, as a playbook importing preflight.yml and then
+provider.yml would. A second run in check mode must give the same reports and change nothing.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ pytestmark = [
 
 TEST_PLAY = """\
 - name: Preflight of simulated hosts
+  hosts: all
+  gather_facts: false
+  environment:
+    PATH: "{{ sim_bin | default(lookup('ansible.builtin.env', 'PATH')) }}"
+    ZEROG_SIM_STATE: "{{ sim_state | default('') }}"
+  roles:
+    - role: zerog.compute.preflight
+
+# preflight again in the same run: the facts the first play published (preflight_gpu_info) are
+# in hostvars now and must not be taken for unknown input variables
+- name: Preflight again
   hosts: all
   gather_facts: false
   environment:
@@ -73,7 +85,7 @@ def runs(tmp_path_factory):
     base = str(tmp_path_factory.mktemp("preflight"))
     pccs = socket.socket()
     pccs.bind(("127.0.0.1", 0))
-    pccs.listen(8)
+    pccs.listen(128)  # never accepted: each probe of each play takes a slot of the backlog
     common = {"ansible_connection": "local", "ansible_python_interpreter": "/usr/bin/python3",
               "preflight_pccs_address": f"127.0.0.1:{pccs.getsockname()[1]}"}
     hosts = {
@@ -188,6 +200,20 @@ def test_waived_failure_does_not_stop_the_host(runs):
     assert report["summary"]["waived"] == 1
     assert "WAIVED  required    gpu_cc_mode" in runs["runs"][0].stdout
     assert _recap(runs["runs"][0].stdout, "waived")["failed"] == "0"
+
+
+def test_second_preflight_in_one_run(runs):
+    """The passing hosts go on to the second play; the GPU discovery the first published is no input error."""
+    for proc in runs["runs"]:
+        assert "PLAY [Preflight again]" in proc.stdout
+        for host in ("h100", "waived"):
+            report = runs["reports"][runs["runs"].index(proc)][host]
+            assert report["result"] == "pass", [c for c in report["checks"] if c["ok"] is False]
+            assert [c["name"] for c in report["checks"] if c["name"].startswith("input:")] == []
+            assert _recap(proc.stdout, host)["failed"] == "0"
+    gpu_tasks = [line for line in runs["runs"][0].stdout.splitlines()
+                 if line.startswith("TASK [zerog.compute.preflight : Publish the GPU discovery")]
+    assert len(gpu_tasks) == 2
 
 
 def test_check_mode_rerun_changes_nothing(runs):

@@ -110,6 +110,22 @@ def test_check_mode_predicted_the_converge(host):
     assert recorded[2][1].get(name, []) == []  # the second run changed nothing
 
 
+def test_gpus_are_read_once_per_run(host):
+    """preflight reads the GPUs, dstack_cvm takes that result: one dstack_gpu_info per host and run.
+
+    Counted in the check run, the converge and the idempotence run alike.
+    """
+    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+    assert len(docs) >= 3, [p.name for p in sorted(directory.glob("*.json"))]
+    name = host.backend.name
+    for doc in docs[-3:]:
+        ran = doc["ran"][name]
+        assert ran.get("zerog.compute.dstack_gpu_info") == 1, ran
+        assert ran.get("zerog.compute.tdx_host_info") == 1, ran
+        assert ran.get("zerog.compute.dstack_cvm", 0) >= 1, ran
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

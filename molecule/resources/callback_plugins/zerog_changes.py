@@ -5,8 +5,10 @@ Test harness only (Molecule scenarios enable it through ANSIBLE_CALLBACK_PLUGINS
 ZEROG_CHANGES_DIR set, every run of a playbook whose file name is in ZEROG_CHANGES_PLAYBOOKS
 (comma-separated, default converge.yml) writes, leaving out what is written on the controller
 (tasks delegated to it, and zerog.compute.controller_file), ``<dir>/<NNN>-<check|run>.json``:
-``{"playbook": ..., "check_mode": bool, "changed": {"<host>": ["<task name>", ...]}}``, so a
-verifier can compare what check mode predicted with what the real run then did.
+``{"playbook": ..., "check_mode": bool, "changed": {"<host>": ["<task name>", ...]},
+"ran": {"<host>": {"<action>": n}}}``, so a verifier can compare what check mode predicted with
+what the real run then did, and count how often a module ran (``ran``: tasks that were not
+skipped, whatever their outcome; a loop counts once).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class CallbackModule(CallbackBase):
         self._wanted = {p.strip() for p in wanted.split(",") if p.strip()}
         self._playbook = None
         self._changed: dict[str, list[str]] = {}
+        self._ran: dict[str, dict[str, int]] = {}
 
     def v2_playbook_on_start(self, playbook):
         name = os.path.basename(playbook._file_name)
@@ -62,8 +65,19 @@ class CallbackModule(CallbackBase):
         if name not in tasks:
             tasks.append(name)
 
+    def _count(self, result):
+        if self._playbook is None:
+            return
+        actions = self._ran.setdefault(result._host.get_name(), {})
+        action = result._task.action
+        actions[action] = actions.get(action, 0) + 1
+
     def v2_runner_on_ok(self, result):
+        self._count(result)
         self._record(result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._count(result)
 
     def v2_runner_item_on_ok(self, result):
         self._record(result)
@@ -76,4 +90,5 @@ class CallbackModule(CallbackBase):
         seq = len([f for f in os.listdir(self._dir) if f.endswith(".json")])
         path = os.path.join(self._dir, f"{seq:03d}-{'check' if check else 'run'}.json")
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump({"playbook": self._playbook, "check_mode": check, "changed": self._changed}, fh, indent=2, sort_keys=True)
+            json.dump({"playbook": self._playbook, "check_mode": check, "changed": self._changed, "ran": self._ran},
+                      fh, indent=2, sort_keys=True)

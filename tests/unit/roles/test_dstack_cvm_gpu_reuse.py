@@ -1,0 +1,95 @@
+"""When dstack_cvm's checks take preflight's GPU discovery instead of reading the GPUs again.
+
+``__dstack_cvm_gpu_reuse`` (roles/dstack_cvm/vars/main.yml) is evaluated by ansible-playbook,
+with the role's defaults and vars, for each case of the table: it must be true only when
+preflight read the GPUs in the same play with what check.yml would ask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+ROLE = os.path.join(REPO, "roles", "dstack_cvm")
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(VENV_BIN, "ansible-playbook")), reason="no .venv")
+
+PLAY = "Evaluate the reuse"
+INFO = {"play": PLAY, "root": "/opt/sim/root", "policy": "auto", "allow_cc_devtools": False, "nvtools_path": "",
+        "result": {"cvm_gpus": ["18:00.0"], "gpus": []}}
+
+
+def _info(**change):
+    return dict(INFO, **change)
+
+
+# (case, preflight_gpu_info or None, dstack_cvm variables, expected reuse)
+CASES = [
+    ("same inputs", INFO, {}, True),
+    ("trailing slash of the root", _info(root="/opt/sim/root/"), {}, True),
+    ("both roots /", _info(root="/"), {"dstack_cvm_host_root": "/"}, True),
+    ("same nvidia_gpu_tools.py", _info(nvtools_path="/usr/local/bin/nvidia_gpu_tools.py"),
+     {"dstack_cvm_nvtools_path": "/usr/local/bin/nvidia_gpu_tools.py"}, True),
+    ("no preflight", None, {}, False),
+    ("another play", _info(play="Preflight"), {}, False),
+    ("another root", _info(root="/"), {}, False),
+    ("another policy", _info(policy="single"), {}, False),
+    ("CC devtools accepted", _info(allow_cc_devtools=True), {}, False),
+    ("another nvidia_gpu_tools.py", _info(nvtools_path="/opt/nvtools.py"), {}, False),
+    ("dstack_cvm names the tool, preflight searched", INFO, {"dstack_cvm_nvtools_path": "/opt/nvtools.py"}, False),
+    ("preflight's discovery failed", _info(result={"failed": True, "msg": "boom"}), {}, False),
+    ("no CVM wants GPUs", INFO, {"dstack_cvm_gpus": "none"}, False),
+    ("every CVM absent", INFO, {"dstack_cvm_state": "absent"}, False),
+    ("a listed CVM's GPUs", INFO, {"dstack_cvm_gpus": ["18:00.0"]}, True),
+]
+
+PLAYBOOK = f"""\
+- name: {PLAY}
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files:
+    - {ROLE}/defaults/main.yml
+    - {ROLE}/vars/main.yml
+  tasks:
+    - name: Case
+      ansible.builtin.set_fact:
+        __case_result: "{{{{ __dstack_cvm_gpu_reuse | bool }}}}"
+      vars:
+        preflight_gpu_info: "{{{{ item.info if item.info is not none else omit }}}}"
+        dstack_cvm_host_root: "{{{{ item.vars.dstack_cvm_host_root | default('/opt/sim/root') }}}}"
+        dstack_cvm_nvtools_path: "{{{{ item.vars.dstack_cvm_nvtools_path | default('') }}}}"
+        dstack_cvm_gpus: "{{{{ item.vars.dstack_cvm_gpus | default('auto') }}}}"
+        dstack_cvm_state: "{{{{ item.vars.dstack_cvm_state | default('present') }}}}"
+      loop: "{{{{ cases }}}}"
+      loop_control:
+        label: "{{{{ item.name }}}}"
+"""
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reuse")
+    (base / "play.yml").write_text(PLAYBOOK, encoding="utf-8")
+    cases = [{"name": name, "info": info, "vars": variables} for name, info, variables, _want in CASES]
+    (base / "cases.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".cache", "collections"))
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", str(base / "play.yml"),
+                           "-e", f"@{base / 'cases.json'}"], env=env, cwd=str(base), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
+    items = task["hosts"]["localhost"]["results"]
+    return {r["item"]["name"]: r["ansible_facts"]["__case_result"] for r in items}
+
+
+@pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_reuse(results, case, want):
+    assert results[case] is want

@@ -33,27 +33,20 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(os.path.join(VENV_BIN, "ansible-playbook")), reason="no .venv"),
 ]
 
-TEST_PLAY = """\
-- name: Preflight of simulated hosts
+_PLAY = """\
+- name: {name}
   hosts: all
   gather_facts: false
   environment:
-    PATH: "{{ sim_bin | default(lookup('ansible.builtin.env', 'PATH')) }}"
-    ZEROG_SIM_STATE: "{{ sim_state | default('') }}"
-  roles:
-    - role: zerog.compute.preflight
-
-# preflight again in the same run: the facts the first play published (preflight_gpu_info) are
-# in hostvars now and must not be taken for unknown input variables
-- name: Preflight again
-  hosts: all
-  gather_facts: false
-  environment:
-    PATH: "{{ sim_bin | default(lookup('ansible.builtin.env', 'PATH')) }}"
-    ZEROG_SIM_STATE: "{{ sim_state | default('') }}"
+    PATH: "{{{{ sim_bin | default(lookup('ansible.builtin.env', 'PATH')) }}}}"
+    ZEROG_SIM_STATE: "{{{{ sim_state | default('') }}}}"
   roles:
     - role: zerog.compute.preflight
 """
+
+# preflight twice in the same run: the facts the first play published (preflight_gpu_info) are
+# in hostvars in the second and must not be taken for unknown input variables
+TEST_PLAY = _PLAY.format(name="Preflight of simulated hosts") + "\n" + _PLAY.format(name="Preflight again")
 
 
 def _env():

@@ -6,9 +6,11 @@ ZEROG_CHANGES_DIR set, every run of a playbook whose file name is in ZEROG_CHANG
 (comma-separated, default converge.yml) writes, leaving out what is written on the controller
 (tasks delegated to it, and zerog.compute.controller_file), ``<dir>/<NNN>-<check|run>.json``:
 ``{"playbook": ..., "check_mode": bool, "changed": {"<host>": ["<task name>", ...]},
-"ran": {"<host>": {"<action>": n}}}``, so a verifier can compare what check mode predicted with
-what the real run then did, and count how often a module ran (``ran``: tasks that were not
-skipped, whatever their outcome; a loop counts once).
+"ran": {"<host>": {"<action>": n}}, "commands": {"<host>": {"<argv joined by spaces>": n}}}``, so a
+verifier can compare what check mode predicted with what the real run then did, and count how
+often a module ran (``ran``: tasks that were not skipped, whatever their outcome; a loop counts
+once) and how often a command task ran one argv (``commands``: the ``cmd`` list of the
+ansible.builtin.command results, retries of one task counted once).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class CallbackModule(CallbackBase):
         self._playbook = None
         self._changed: dict[str, list[str]] = {}
         self._ran: dict[str, dict[str, int]] = {}
+        self._commands: dict[str, dict[str, int]] = {}
 
     def v2_playbook_on_start(self, playbook):
         name = os.path.basename(playbook._file_name)
@@ -71,6 +74,11 @@ class CallbackModule(CallbackBase):
         actions = self._ran.setdefault(result._host.get_name(), {})
         action = result._task.action
         actions[action] = actions.get(action, 0) + 1
+        argv = result._result.get("cmd") if action in ("ansible.builtin.command", "command") else None
+        if isinstance(argv, list):
+            commands = self._commands.setdefault(result._host.get_name(), {})
+            line = " ".join(str(a) for a in argv)
+            commands[line] = commands.get(line, 0) + 1
 
     def v2_runner_on_ok(self, result):
         self._count(result)
@@ -90,5 +98,6 @@ class CallbackModule(CallbackBase):
         seq = len([f for f in os.listdir(self._dir) if f.endswith(".json")])
         path = os.path.join(self._dir, f"{seq:03d}-{'check' if check else 'run'}.json")
         with open(path, "w", encoding="utf-8") as fh:
-            json.dump({"playbook": self._playbook, "check_mode": check, "changed": self._changed, "ran": self._ran},
+            json.dump({"playbook": self._playbook, "check_mode": check, "changed": self._changed, "ran": self._ran,
+                       "commands": self._commands},
                       fh, indent=2, sort_keys=True)

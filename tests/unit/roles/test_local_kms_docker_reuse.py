@@ -1,0 +1,88 @@
+"""When local_kms's prerequisites take zerog.compute.docker's verification instead of asking Docker again.
+
+``__local_kms_docker_reuse`` (roles/local_kms/vars/main.yml) is evaluated by ansible-playbook,
+with the role's defaults and vars, for each case of the table: it must be true only when the
+docker role verified the daemon and Compose v2 in the same play, and local_kms would ask the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+ROLE = os.path.join(REPO, "roles", "local_kms")
+
+pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(VENV_BIN, "ansible-playbook")), reason="no .venv")
+
+PLAY = "Evaluate the reuse"
+FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
+
+
+def _facts(**change):
+    return dict(FACTS, **change)
+
+
+# (case, docker_facts or None, local_kms variables, expected reuse)
+CASES = [
+    ("same play, Compose v2", FACTS, {}, True),
+    ("Compose with a v", _facts(compose_version="v2.24.6"), {}, True),
+    ("Compose 10", _facts(compose_version="10.0.0"), {}, True),
+    ("no docker role", None, {}, False),
+    ("docker_facts not a mapping", "28.3.3", {}, False),
+    ("another play", _facts(play="Docker"), {}, False),
+    ("no daemon version", _facts(server_version=""), {}, False),
+    ("docker_compose false", _facts(compose_version=""), {}, False),
+    ("Compose v1", _facts(compose_version="1.29.2"), {}, False),
+    ("another docker info command", FACTS, {"local_kms_docker_info_command": ["sudo", "docker", "info"]}, False),
+    ("another compose command", FACTS, {"local_kms_compose_version_command": ["docker-compose", "version"]}, False),
+]
+
+PLAYBOOK = f"""\
+- name: {PLAY}
+  hosts: localhost
+  connection: local
+  gather_facts: false
+  vars_files:
+    - {ROLE}/defaults/main.yml
+    - {ROLE}/vars/main.yml
+  tasks:
+    - name: Case
+      ansible.builtin.set_fact:
+        __case_result: "{{{{ __local_kms_docker_reuse | bool }}}}"
+      vars:
+        docker_facts: "{{{{ item.facts if item.facts is not none else omit }}}}"
+        local_kms_docker_info_command: "{{{{ item.vars.local_kms_docker_info_command | default(['docker', 'info']) }}}}"
+        local_kms_compose_version_command: >-
+          {{{{ item.vars.local_kms_compose_version_command | default(['docker', 'compose', 'version']) }}}}
+      loop: "{{{{ cases }}}}"
+      loop_control:
+        label: "{{{{ item.name }}}}"
+"""
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reuse")
+    (base / "play.yml").write_text(PLAYBOOK, encoding="utf-8")
+    cases = [{"name": name, "facts": facts, "vars": variables} for name, facts, variables, _want in CASES]
+    (base / "cases.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
+               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1",
+               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".cache", "collections"))
+    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", str(base / "play.yml"),
+                           "-e", f"@{base / 'cases.json'}"], env=env, cwd=str(base), capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
+    items = task["hosts"]["localhost"]["results"]
+    return {r["item"]["name"]: r["ansible_facts"]["__case_result"] for r in items}
+
+
+@pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_reuse(results, case, want):
+    assert results[case] is want

@@ -126,6 +126,25 @@ def test_gpus_are_read_once_per_run(host):
         assert ran.get("zerog.compute.dstack_cvm", 0) >= 1, ran
 
 
+def test_docker_is_asked_once_per_run(host):
+    """local_kms and provider_config take the docker role's verification: no bare `docker compose version` runs.
+
+    Converge and idempotence run: only the docker role asks Compose (`--short`). The idempotence
+    run builds nothing, so nothing runs a bare `docker info` either (the first converge's build
+    asks it as the build user).
+    """
+    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+    runs = [doc for doc in docs[-3:] if not doc["check_mode"]]
+    assert len(runs) >= 2, [doc["check_mode"] for doc in docs[-3:]]
+    name = host.backend.name
+    for doc in runs:
+        commands = doc["commands"][name]
+        assert commands.get("docker compose version --short") == 1, commands
+        assert "docker compose version" not in commands, commands
+    assert "docker info" not in runs[-1]["commands"][name], runs[-1]["commands"][name]
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

@@ -7,17 +7,14 @@ docker role verified the daemon and Compose v2 in the same play, and local_kms w
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 
 import pytest
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, REPO, evaluate
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-VENV_BIN = os.path.join(REPO, ".venv", "bin")
 ROLE = os.path.join(REPO, "roles", "local_kms")
 
-pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(VENV_BIN, "ansible-playbook")), reason="no .venv")
+pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
 PLAY = "Evaluate the reuse"
 FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
@@ -67,20 +64,8 @@ PLAYBOOK = f"""\
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    base = tmp_path_factory.mktemp("reuse")
-    (base / "play.yml").write_text(PLAYBOOK, encoding="utf-8")
     cases = [{"name": name, "facts": facts, "vars": variables} for name, facts, variables, _want in CASES]
-    (base / "cases.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
-               ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1",
-               ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".cache", "collections"))
-    proc = subprocess.run([os.path.join(VENV_BIN, "ansible-playbook"), "-i", "localhost,", str(base / "play.yml"),
-                           "-e", f"@{base / 'cases.json'}"], env=env, cwd=str(base), capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
-    items = task["hosts"]["localhost"]["results"]
-    return {r["item"]["name"]: r["ansible_facts"]["__case_result"] for r in items}
+    return evaluate(tmp_path_factory.mktemp("reuse"), PLAYBOOK, cases)
 
 
 @pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])

@@ -1,8 +1,9 @@
 """Evaluate a role's internal variable with ansible-playbook, once per case of a table.
 
-The role-level tests of an internal condition (``__dstack_cvm_gpu_reuse``, ``__local_kms_docker_reuse``)
-write a one-task play that loads the role's defaults and vars, sets ``__case_result`` from the
-expression for every item of ``cases``, and read back each item's value with :func:`evaluate`.
+The role-level tests of an internal condition (``__dstack_cvm_gpu_reuse``, ``__local_kms_docker_reuse``,
+``__provider_config_compose_known``) give :func:`evaluate` the role, the expression, the task
+variables each case sets (Jinja over ``item``) and the cases: it runs a one-task play named
+:data:`PLAY` that loads the role's vars files and sets ``__case_result`` for every case.
 """
 
 from __future__ import annotations
@@ -11,14 +12,34 @@ import json
 import os
 import subprocess
 
+import yaml
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
 PLAYBOOK_BIN = os.path.join(VENV_BIN, "ansible-playbook")
+# The play's name, which the expressions compare with the play name in the published facts.
+PLAY = "Evaluate the expression"
 
 
-def evaluate(base, playbook: str, cases: list[dict]) -> dict:
-    """Run ``playbook`` in the directory ``base`` with ``cases`` as extra vars: {case name: __case_result}."""
-    (base / "play.yml").write_text(playbook, encoding="utf-8")
+def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases: list[dict],
+             files: tuple[str, ...] = ("defaults", "vars")) -> dict:
+    """``expression`` for every case, in the directory ``base``: {case name: __case_result}.
+
+    ``role`` is a directory name under roles/; ``files`` the role's vars files the play loads.
+    """
+    role_dir = os.path.join(REPO, "roles", role)
+    play = [{
+        "name": PLAY, "hosts": "localhost", "connection": "local", "gather_facts": False,
+        "vars_files": [os.path.join(role_dir, f, "main.yml") for f in files],
+        "tasks": [{
+            "name": "Case",
+            "ansible.builtin.set_fact": {"__case_result": "{{ " + expression + " | bool }}"},
+            "vars": task_vars,
+            "loop": "{{ cases }}",
+            "loop_control": {"label": "{{ item.name }}"},
+        }],
+    }]
+    (base / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False), encoding="utf-8")
     (base / "cases.json").write_text(json.dumps({"cases": cases}), encoding="utf-8")
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1",

@@ -10,13 +10,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, REPO, evaluate
-
-ROLE = os.path.join(REPO, "roles", "dstack_cvm")
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, evaluate
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
-PLAY = "Evaluate the reuse"
 INFO = {"play": PLAY, "root": "/opt/sim/root", "policy": "auto", "allow_cc_devtools": False, "nvtools_path": "",
         "result": {"cvm_gpus": ["18:00.0"], "gpus": []}}
 
@@ -45,34 +42,19 @@ CASES = [
     ("a listed CVM's GPUs", INFO, {"dstack_cvm_gpus": ["18:00.0"]}, True),
 ]
 
-PLAYBOOK = f"""\
-- name: {PLAY}
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {ROLE}/defaults/main.yml
-    - {ROLE}/vars/main.yml
-  tasks:
-    - name: Case
-      ansible.builtin.set_fact:
-        __case_result: "{{{{ __dstack_cvm_gpu_reuse | bool }}}}"
-      vars:
-        preflight_gpu_info: "{{{{ item.info if item.info is not none else omit }}}}"
-        dstack_cvm_host_root: "{{{{ item.vars.dstack_cvm_host_root | default('/opt/sim/root') }}}}"
-        dstack_cvm_nvtools_path: "{{{{ item.vars.dstack_cvm_nvtools_path | default('') }}}}"
-        dstack_cvm_gpus: "{{{{ item.vars.dstack_cvm_gpus | default('auto') }}}}"
-        dstack_cvm_state: "{{{{ item.vars.dstack_cvm_state | default('present') }}}}"
-      loop: "{{{{ cases }}}}"
-      loop_control:
-        label: "{{{{ item.name }}}}"
-"""
+TASK_VARS = {
+    "preflight_gpu_info": "{{ item.info if item.info is not none else omit }}",
+    "dstack_cvm_host_root": "{{ item.vars.dstack_cvm_host_root | default('/opt/sim/root') }}",
+    "dstack_cvm_nvtools_path": "{{ item.vars.dstack_cvm_nvtools_path | default('') }}",
+    "dstack_cvm_gpus": "{{ item.vars.dstack_cvm_gpus | default('auto') }}",
+    "dstack_cvm_state": "{{ item.vars.dstack_cvm_state | default('present') }}",
+}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     cases = [{"name": name, "info": info, "vars": variables} for name, info, variables, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("reuse"), PLAYBOOK, cases)
+    return evaluate(tmp_path_factory.mktemp("reuse"), "dstack_cvm", "__dstack_cvm_gpu_reuse", TASK_VARS, cases)
 
 
 @pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])

@@ -10,13 +10,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, REPO, evaluate
-
-ROLE = os.path.join(REPO, "roles", "local_kms")
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, evaluate
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
-PLAY = "Evaluate the reuse"
 FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
 
 
@@ -39,33 +36,18 @@ CASES = [
     ("another compose command", FACTS, {"local_kms_compose_version_command": ["docker-compose", "version"]}, False),
 ]
 
-PLAYBOOK = f"""\
-- name: {PLAY}
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {ROLE}/defaults/main.yml
-    - {ROLE}/vars/main.yml
-  tasks:
-    - name: Case
-      ansible.builtin.set_fact:
-        __case_result: "{{{{ __local_kms_docker_reuse | bool }}}}"
-      vars:
-        docker_facts: "{{{{ item.facts if item.facts is not none else omit }}}}"
-        local_kms_docker_info_command: "{{{{ item.vars.local_kms_docker_info_command | default(['docker', 'info']) }}}}"
-        local_kms_compose_version_command: >-
-          {{{{ item.vars.local_kms_compose_version_command | default(['docker', 'compose', 'version']) }}}}
-      loop: "{{{{ cases }}}}"
-      loop_control:
-        label: "{{{{ item.name }}}}"
-"""
+TASK_VARS = {
+    "docker_facts": "{{ item.facts if item.facts is not none else omit }}",
+    "local_kms_docker_info_command": "{{ item.vars.local_kms_docker_info_command | default(['docker', 'info']) }}",
+    "local_kms_compose_version_command":
+        "{{ item.vars.local_kms_compose_version_command | default(['docker', 'compose', 'version']) }}",
+}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     cases = [{"name": name, "facts": facts, "vars": variables} for name, facts, variables, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("reuse"), PLAYBOOK, cases)
+    return evaluate(tmp_path_factory.mktemp("reuse"), "local_kms", "__local_kms_docker_reuse", TASK_VARS, cases)
 
 
 @pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])

@@ -9,13 +9,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, REPO, evaluate
-
-ROLE = os.path.join(REPO, "roles", "provider_config")
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, evaluate
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
-PLAY = "Evaluate the reuse"
 FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
 
 # (case, docker_facts or None, expected)
@@ -29,29 +26,16 @@ CASES = [
     ("docker_facts not a mapping", "2.39.1", False),
 ]
 
-PLAYBOOK = f"""\
-- name: {PLAY}
-  hosts: localhost
-  connection: local
-  gather_facts: false
-  vars_files:
-    - {ROLE}/vars/main.yml
-  tasks:
-    - name: Case
-      ansible.builtin.set_fact:
-        __case_result: "{{{{ __provider_config_compose_known | bool }}}}"
-      vars:
-        docker_facts: "{{{{ item.facts if item.facts is not none else omit }}}}"
-      loop: "{{{{ cases }}}}"
-      loop_control:
-        label: "{{{{ item.name }}}}"
-"""
+TASK_VARS = {
+    "docker_facts": "{{ item.facts if item.facts is not none else omit }}",
+}
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     cases = [{"name": name, "facts": facts} for name, facts, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("known"), PLAYBOOK, cases)
+    return evaluate(tmp_path_factory.mktemp("known"), "provider_config", "__provider_config_compose_known", TASK_VARS, cases,
+                    files=("vars",))
 
 
 @pytest.mark.parametrize(("case", "want"), [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])

@@ -2,7 +2,7 @@
 
 ``__local_kms_docker_reuse`` (roles/local_kms/vars/main.yml) is evaluated by ansible-playbook,
 with the role's defaults and vars, for each case of the table: it must be true only when the
-docker role verified the daemon and Compose v2 in the same play, and local_kms would ask the same.
+docker role verified the daemon and Compose v2 (``compose_v2``) in the same play, and local_kms would ask the same.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY,
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
-FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
+FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1", "compose_v2": True}
 
 
 def _facts(**change):
@@ -24,14 +24,13 @@ def _facts(**change):
 # (case, docker_facts or None, local_kms variables, expected reuse)
 CASES = [
     ("same play, Compose v2", FACTS, {}, True),
-    ("Compose with a v", _facts(compose_version="v2.24.6"), {}, True),
-    ("Compose 10", _facts(compose_version="10.0.0"), {}, True),
     ("no docker role", None, {}, False),
     ("docker_facts not a mapping", "28.3.3", {}, False),
     ("another play", _facts(play="Docker"), {}, False),
     ("no daemon version", _facts(server_version=""), {}, False),
-    ("docker_compose false", _facts(compose_version=""), {}, False),
-    ("Compose v1", _facts(compose_version="1.29.2"), {}, False),
+    ("docker_compose false", _facts(compose_version="", compose_v2=False), {}, False),
+    ("no compose_v2 (an older fact)", {k: v for k, v in FACTS.items() if k != "compose_v2"}, {}, False),
+    ("compose_v2 a string", _facts(compose_v2="True"), {}, False),
     ("another docker info command", FACTS, {"local_kms_docker_info_command": ["sudo", "docker", "info"]}, False),
     ("another compose command", FACTS, {"local_kms_compose_version_command": ["docker-compose", "version"]}, False),
 ]

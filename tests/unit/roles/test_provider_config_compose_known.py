@@ -1,7 +1,7 @@
 """When provider_config takes zerog.compute.docker's verification for its `docker compose version` probe.
 
 ``__provider_config_compose_known`` (roles/provider_config/vars/main.yml) must be true only when
-the docker role verified Compose v2 or later in the same play.
+the docker role verified Compose v2 or later (``compose_v2``) in the same play.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY,
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
-FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1"}
+FACTS = {"play": PLAY, "server_version": "28.3.3", "compose_version": "2.39.1", "compose_v2": True}
 
 # (case, docker_facts or None, expected)
 CASES = [
     ("same play, Compose v2", FACTS, True),
-    ("Compose with a v", dict(FACTS, compose_version="v2.24.6"), True),
     ("no docker role", None, False),
     ("another play", dict(FACTS, play="Docker"), False),
-    ("docker_compose false", dict(FACTS, compose_version=""), False),
-    ("Compose v1", dict(FACTS, compose_version="1.29.2"), False),
+    ("docker_compose false", dict(FACTS, compose_version="", compose_v2=False), False),
+    ("no compose_v2 (an older fact)", {k: v for k, v in FACTS.items() if k != "compose_v2"}, False),
     ("docker_facts not a mapping", "2.39.1", False),
 ]
 

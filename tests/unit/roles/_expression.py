@@ -33,7 +33,7 @@ def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases:
         "vars_files": [os.path.join(role_dir, f, "main.yml") for f in files],
         "tasks": [{
             "name": "Case",
-            "ansible.builtin.set_fact": {"__case_result": "{{ " + expression + " | bool }}"},
+            "ansible.builtin.set_fact": {"__case_result": "{{ (" + expression + ") | bool }}"},
             "vars": task_vars,
             "loop": "{{ cases }}",
             "loop_control": {"label": "{{ item.name }}"},

@@ -1,0 +1,74 @@
+"""When private_ml_sdk takes its checkout as already at the pinned release (git is then not run).
+
+``__private_ml_sdk_checkout_current`` (roles/private_ml_sdk/vars/main.yml) reads what
+zerog.compute.git_checkout_info returned (``__private_ml_sdk_checkout_read``), or, in check mode
+before the build user exists, the stat of ``.git``. It must be true only for a checkout that git
+read, whose HEAD is the pinned commit, with current submodules and no local changes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, evaluate
+
+pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
+
+PINNED = "25c25025c556ab2f797eeda3bab433f38a8ffb7a"
+OTHER = "9b851dfa36dfa76ee07371106658179c420b9bb5"
+READ = {"changed": False, "exists": True, "owner": "builder", "read": True, "head": PINNED, "revision": PINNED,
+        "changes": [], "submodules": [{"path": "meta-dstack-nvidia/dstack", "commit": OTHER, "state": "current"}],
+        "submodules_ok": True}
+PENDING = {"changed": False, "skipped": True, "skip_reason": "Conditional result was False"}
+
+
+def _read(**change):
+    return dict(READ, **change)
+
+
+# (case, git_checkout_info's result, the stat's result, expected)
+CASES = [
+    ("at the pinned commit", READ, PENDING, True),
+    ("HEAD elsewhere", _read(head=OTHER), PENDING, False),
+    ("tag not fetched yet", _read(revision=""), PENDING, False),
+    ("no commit yet, tag missing (an interrupted clone)", _read(head="", revision=""), PENDING, False),
+    ("local changes", _read(changes=[" M build.sh"]), PENDING, False),
+    ("submodule not initialized", _read(submodules_ok=False), PENDING, False),
+    ("no checkout", _read(exists=False, read=False, head="", revision="", submodules_ok=False), PENDING, False),
+    ("another user's checkout", _read(owner="root", read=False, head="", revision="", submodules_ok=False), PENDING,
+     False),
+    ("build user pending, checkout there", PENDING, {"stat": {"exists": True, "pw_name": "root"}}, False),
+    ("build user pending, no checkout", PENDING, {"stat": {"exists": False}}, False),
+]
+
+TASK_VARS = {
+    "__private_ml_sdk_checkout_read": "{{ item.read }}",
+    "__private_ml_sdk_git_dir": "{{ item.stat }}",
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cases = [{"name": name, "read": read, "stat": stat} for name, read, stat, _want in CASES]
+    return evaluate(tmp_path_factory.mktemp("current"), "private_ml_sdk", "__private_ml_sdk_checkout_current", TASK_VARS,
+                    cases)
+
+
+@pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
+def test_checkout_current(results, case, want):
+    assert results[case] is want
+
+
+@pytest.fixture(scope="module")
+def owners(tmp_path_factory):
+    cases = [{"name": name, "read": read, "stat": stat} for name, read, stat, _want in CASES]
+    return evaluate(tmp_path_factory.mktemp("owner"), "private_ml_sdk",
+                    "__private_ml_sdk_checkout.exists and __private_ml_sdk_checkout.owner != 'builder'", TASK_VARS, cases)
+
+
+# The refusal of a checkout of another user sees the owner from either source.
+@pytest.mark.parametrize(("case", "want"), [("another user's checkout", True), ("build user pending, checkout there", True),
+                                            ("at the pinned commit", False), ("build user pending, no checkout", False)])
+def test_other_owner_refused(owners, case, want):
+    assert owners[case] is want

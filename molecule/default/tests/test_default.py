@@ -145,6 +145,25 @@ def test_docker_is_asked_once_per_run(host):
     assert "docker info" not in runs[-1]["commands"][name], runs[-1]["commands"][name]
 
 
+def test_host_and_checkout_are_read_once_per_run(host):
+    """local_kms takes preflight's SGX and QCNL checks; private_ml_sdk reads its checkout in one module call.
+
+    In the check run, the converge and the idempotence run, local_kms never runs its own `stat` of
+    the SGX device nodes, and no bare git command reads the checkout; in the converge and the
+    idempotence run (the build user exists), git_checkout_info reads it once.
+    """
+    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
+    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+    assert len(docs) >= 3, [p.name for p in sorted(directory.glob("*.json"))]
+    name = host.backend.name
+    for doc in docs[-3:]:
+        commands = doc["commands"].get(name, {})
+        assert [c for c in commands if c.startswith("stat --dereference")] == [], commands
+        assert [c for c in commands if c.startswith(f"git -C {SDK} ")] == [], commands
+        if not doc["check_mode"]:
+            assert doc["ran"][name].get("zerog.compute.git_checkout_info") == 1, doc["ran"][name]
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

@@ -4,6 +4,7 @@ The role-level tests of an internal condition (``__dstack_cvm_gpu_reuse``, ``__l
 ``__provider_config_compose_known``) give :func:`evaluate` the role, the expression, the task
 variables each case sets (Jinja over ``item``) and the cases: it runs a one-task play named
 :data:`PLAY` that loads the role's vars files and sets ``__case_result`` for every case.
+:func:`table_test` makes the module-scoped fixture and the parametrized test of such a table.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 
+import pytest
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -49,3 +51,24 @@ def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
     return {r["item"]["name"]: r["ansible_facts"]["__case_result"] for r in task["hosts"]["localhost"]["results"]}
+
+
+def table_test(role: str, expression: str, task_vars: dict[str, str], cases: list[tuple], fields: tuple[str, ...],
+               files: tuple[str, ...] = ("defaults", "vars"), name: str = "results"):
+    """The fixture ``name`` and the test of a table of ``(case name, *values, expected)`` rows.
+
+    ``fields`` names the values, which ``task_vars`` read as ``item.<field>``. Assign both to
+    module names (``results, test_x = table_test(...)``) so that pytest collects them; the test
+    asserts that ``expression`` is exactly the expected boolean for every row. A second table
+    in the same file needs its own ``name``.
+    """
+    @pytest.fixture(scope="module", name=name)
+    def results(tmp_path_factory):
+        rows = [{"name": row[0], **dict(zip(fields, row[1:-1], strict=True))} for row in cases]
+        return evaluate(tmp_path_factory.mktemp(role), role, expression, task_vars, rows, files=files)
+
+    @pytest.mark.parametrize(("case", "want"), [(row[0], row[-1]) for row in cases], ids=[row[0] for row in cases])
+    def test(request, case, want):
+        assert request.getfixturevalue(name)[case] is want
+
+    return results, test

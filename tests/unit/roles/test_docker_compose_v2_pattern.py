@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, evaluate
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, table_test
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
@@ -30,13 +30,5 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    cases = [{"name": name, "output": output} for name, output, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("pattern"), "docker", "item.output | trim is match(__docker_compose_v2_pattern)",
-                    {}, cases, files=("vars",))
-
-
-@pytest.mark.parametrize(("case", "want"), [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_compose_v2_pattern(results, case, want):
-    assert results[case] is want
+results, test_compose_v2_pattern = table_test("docker", "item.output | trim is match(__docker_compose_v2_pattern)", {}, CASES,
+                                              ("output",), files=("vars",))

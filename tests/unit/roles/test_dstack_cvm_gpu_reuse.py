@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, evaluate
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, table_test
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
@@ -51,12 +51,4 @@ TASK_VARS = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    cases = [{"name": name, "info": info, "vars": variables} for name, info, variables, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("reuse"), "dstack_cvm", "__dstack_cvm_gpu_reuse", TASK_VARS, cases)
-
-
-@pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
-def test_reuse(results, case, want):
-    assert results[case] is want
+results, test_reuse = table_test("dstack_cvm", "__dstack_cvm_gpu_reuse", TASK_VARS, CASES, ("info", "vars"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, evaluate
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAYBOOK_BIN, table_test
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
@@ -48,27 +48,13 @@ TASK_VARS = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    cases = [{"name": name, "read": read, "stat": stat} for name, read, stat, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("current"), "private_ml_sdk", "__private_ml_sdk_checkout_current", TASK_VARS,
-                    cases)
-
-
-@pytest.mark.parametrize(("case", "want"), [(c[0], c[3]) for c in CASES], ids=[c[0] for c in CASES])
-def test_checkout_current(results, case, want):
-    assert results[case] is want
-
-
-@pytest.fixture(scope="module")
-def owners(tmp_path_factory):
-    cases = [{"name": name, "read": read, "stat": stat} for name, read, stat, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("owner"), "private_ml_sdk",
-                    "__private_ml_sdk_checkout.exists and __private_ml_sdk_checkout.owner != 'builder'", TASK_VARS, cases)
-
+results, test_checkout_current = table_test("private_ml_sdk", "__private_ml_sdk_checkout_current", TASK_VARS, CASES,
+                                            ("read", "stat"))
 
 # The refusal of a checkout of another user sees the owner from either source.
-@pytest.mark.parametrize(("case", "want"), [("another user's checkout", True), ("build user pending, checkout there", True),
-                                            ("at the pinned commit", False), ("build user pending, no checkout", False)])
-def test_other_owner_refused(owners, case, want):
-    assert owners[case] is want
+OWNER_CASES = [(c[0], c[1], c[2], want) for c in CASES for name, want in (
+    ("another user's checkout", True), ("build user pending, checkout there", True),
+    ("at the pinned commit", False), ("build user pending, no checkout", False)) if c[0] == name]
+owners, test_other_owner_refused = table_test(
+    "private_ml_sdk", "__private_ml_sdk_checkout.exists and __private_ml_sdk_checkout.owner != 'builder'", TASK_VARS,
+    OWNER_CASES, ("read", "stat"), name="owners")

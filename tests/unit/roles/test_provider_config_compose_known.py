@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, evaluate
+from ansible_collections.zerog.compute.tests.unit.roles._expression import PLAY, PLAYBOOK_BIN, table_test
 
 pytestmark = pytest.mark.skipif(not os.path.exists(PLAYBOOK_BIN), reason="no .venv")
 
@@ -30,13 +30,5 @@ TASK_VARS = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    cases = [{"name": name, "facts": facts} for name, facts, _want in CASES]
-    return evaluate(tmp_path_factory.mktemp("known"), "provider_config", "__provider_config_compose_known", TASK_VARS, cases,
-                    files=("vars",))
-
-
-@pytest.mark.parametrize(("case", "want"), [(c[0], c[2]) for c in CASES], ids=[c[0] for c in CASES])
-def test_compose_known(results, case, want):
-    assert results[case] is want
+results, test_compose_known = table_test("provider_config", "__provider_config_compose_known", TASK_VARS, CASES, ("facts",),
+                                         files=("vars",))

@@ -1,8 +1,8 @@
 """Evaluate a role's internal variable with ansible-playbook, once per case of a table.
 
 The role-level tests of an internal condition (``__dstack_cvm_gpu_reuse``, ``__local_kms_docker_reuse``,
-``__provider_config_compose_known``) give :func:`evaluate` the role, the expression, the task
-variables each case sets (Jinja over ``item``) and the cases: it runs a one-task play named
+``__private_ml_sdk_checkout_current`` and the others of ``test_*.py`` here) give :func:`evaluate`
+the role, the expression, the task variables each case sets (Jinja over ``item``) and the cases: it runs a one-task play named
 :data:`PLAY` that loads the role's vars files and sets ``__case_result`` for every case.
 :func:`table_test` makes the module-scoped fixture and the parametrized test of such a table.
 """

@@ -84,14 +84,15 @@ def expand(predicted):
     return out
 
 
+def recorded():
+    """What the zerog_changes callback recorded of each run of converge.yml, in order."""
+    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
+    return [json.loads(path.read_text(encoding="utf-8")) for path in sorted(directory.glob("*.json"))]
+
+
 def runs():
     """The recorded runs of converge.yml: [(name, {host: [changed task, ...]}), ...] in order."""
-    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
-    out = []
-    for path in sorted(directory.glob("*.json")):
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        out.append(("check" if doc["check_mode"] else "run", doc["changed"]))
-    return out
+    return [("check" if doc["check_mode"] else "run", doc["changed"]) for doc in recorded()]
 
 
 def test_check_mode_predicted_the_converge(host):
@@ -115,9 +116,8 @@ def test_gpus_are_read_once_per_run(host):
 
     Counted in the check run, the converge and the idempotence run alike.
     """
-    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
-    assert len(docs) >= 3, [p.name for p in sorted(directory.glob("*.json"))]
+    docs = recorded()
+    assert len(docs) >= 3, [doc["check_mode"] for doc in docs]
     name = host.backend.name
     for doc in docs[-3:]:
         ran = doc["ran"][name]
@@ -133,8 +133,7 @@ def test_docker_is_asked_once_per_run(host):
     run builds nothing, so nothing runs a bare `docker info` either (the first converge's build
     asks it as the build user).
     """
-    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
+    docs = recorded()
     runs = [doc for doc in docs[-3:] if not doc["check_mode"]]
     assert len(runs) >= 2, [doc["check_mode"] for doc in docs[-3:]]
     name = host.backend.name
@@ -152,9 +151,8 @@ def test_host_and_checkout_are_read_once_per_run(host):
     the SGX device nodes, and no bare git command reads the checkout; in the converge and the
     idempotence run (the build user exists), git_checkout_info reads it once.
     """
-    directory = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "changes"
-    docs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(directory.glob("*.json"))]
-    assert len(docs) >= 3, [p.name for p in sorted(directory.glob("*.json"))]
+    docs = recorded()
+    assert len(docs) >= 3, [doc["check_mode"] for doc in docs]
     name = host.backend.name
     for doc in docs[-3:]:
         commands = doc["commands"].get(name, {})

@@ -162,6 +162,24 @@ def test_host_and_checkout_are_read_once_per_run(host):
             assert doc["ran"][name].get("zerog.compute.git_checkout_info") == 1, doc["ran"][name]
 
 
+def test_docker_packages_are_read_in_one_call(host):
+    """docker asks dpkg, its cached Compose .deb and its apt source files through deb_packages_info.
+
+    No bare dpkg-query or dpkg-deb runs in any run. The check run and the converge read twice (the
+    .deb is fetched in between, for real or predicted); the idempotence run reads once, finds the
+    cached .deb by its checksum and so downloads nothing.
+    """
+    docs = recorded()
+    assert len(docs) >= 3, [doc["check_mode"] for doc in docs]
+    name = host.backend.name
+    for doc in docs[-3:]:
+        commands = doc["commands"].get(name, {})
+        assert [c for c in commands if c.split(" ", 1)[0] in ("dpkg-query", "dpkg-deb")] == [], commands
+    reads = [doc["ran"][name].get("zerog.compute.deb_packages_info") for doc in docs[-3:]]
+    assert reads == [2, 2, 1], reads
+    assert "ansible.builtin.get_url" not in docs[-1]["ran"][name], docs[-1]["ran"][name]
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

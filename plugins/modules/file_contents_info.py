@@ -63,12 +63,16 @@ files:
       looked at, for example under a directory the module may not enter).
     - C(read) - the file was read; C(content) - its bytes in base64 (empty unless C(read)).
     - C(size) - its size in bytes (0 when it does not exist).
+    - C(mode) - its permission bits in octal, for example V(0755) (empty when it does not exist); C(xusr) -
+      whether its owner may execute it.
     - C(msg) - why it was not read (empty when it was).
   returned: always
   type: dict
   sample:
-    /opt/zerog/broker/v0.1.0/docker-compose.yml: {exists: true, read: true, size: 27, content: c2VydmljZXM6IHt9Cg==, msg: ""}
-    /opt/zerog/broker/v0.1.0/init.sql: {exists: false, read: false, size: 0, content: "", msg: file not found}
+    /opt/zerog/broker/v0.1.0/docker-compose.yml:
+      {exists: true, read: true, size: 13, mode: "0644", xusr: false, content: c2VydmljZXM6IHt9Cg==, msg: ""}
+    /opt/zerog/broker/v0.1.0/init.sql:
+      {exists: false, read: false, size: 0, mode: "", xusr: false, content: "", msg: file not found}
 """
 
 import base64
@@ -81,13 +85,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 def read_file(path, max_size):
     """The RV(files) entry of ``path``."""
-    entry = {"exists": False, "read": False, "size": 0, "content": "", "msg": ""}
+    entry = {"exists": False, "read": False, "size": 0, "mode": "", "xusr": False, "content": "", "msg": ""}
     try:
         info = os.stat(path)
     except OSError as exc:
         entry["msg"] = "file not found" if exc.errno == errno.ENOENT else f"cannot stat it: {exc.strerror}"
         return entry
-    entry.update(exists=True, size=info.st_size)
+    entry.update(exists=True, size=info.st_size, mode=f"{stat.S_IMODE(info.st_mode):04o}", xusr=bool(info.st_mode & stat.S_IXUSR))
     if not stat.S_ISREG(info.st_mode):
         entry["msg"] = "a directory, not a file" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         return entry

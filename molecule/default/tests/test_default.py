@@ -180,6 +180,22 @@ def test_docker_packages_are_read_in_one_call(host):
     assert "ansible.builtin.get_url" not in docs[-1]["ran"][name], docs[-1]["ran"][name]
 
 
+def test_role_files_are_read_in_one_call_each(host):
+    """dstack_cvm reads the files of its CVMs, local_kms run.sh and its compose, each in one call.
+
+    No slurp runs in any run (local_kms's QCNL read is taken from preflight); in the converge and
+    the idempotence run, file_contents_info runs once for dstack_cvm and once for local_kms.
+    """
+    docs = recorded()
+    assert len(docs) >= 3, [doc["check_mode"] for doc in docs]
+    name = host.backend.name
+    for doc in docs[-3:]:
+        ran = doc["ran"][name]
+        assert "ansible.builtin.slurp" not in ran, ran
+        if not doc["check_mode"]:
+            assert ran.get("zerog.compute.file_contents_info") == 2, ran
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

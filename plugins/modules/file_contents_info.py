@@ -64,34 +64,48 @@ files:
     - C(read) - the file was read; C(content) - its bytes in base64 (empty unless C(read)).
     - C(size) - its size in bytes (0 when it does not exist).
     - C(mode) - its permission bits in octal, for example V(0755) (empty when it does not exist); C(xusr) -
-      whether its owner may execute it.
+      whether its owner may execute it; C(owner) and C(group) - their names (the number when it has none;
+      empty when it does not exist). These are given for directories too.
     - C(msg) - why it was not read (empty when it was).
   returned: always
   type: dict
   sample:
     /opt/zerog/broker/v0.1.0/docker-compose.yml:
-      {exists: true, read: true, size: 13, mode: "0644", xusr: false, content: c2VydmljZXM6IHt9Cg==, msg: ""}
+      {exists: true, read: true, size: 13, mode: "0644", xusr: false, owner: root, group: root,
+       content: c2VydmljZXM6IHt9Cg==, msg: ""}
     /opt/zerog/broker/v0.1.0/init.sql:
-      {exists: false, read: false, size: 0, mode: "", xusr: false, content: "", msg: file not found}
+      {exists: false, read: false, size: 0, mode: "", xusr: false, owner: "", group: "", content: "", msg: file not found}
 """
 
 import base64
 import errno
+import grp
 import os
+import pwd
 import stat
 
 from ansible.module_utils.basic import AnsibleModule
 
 
+def name_of(lookup, number):
+    """The name of a uid or gid (``lookup`` is pwd.getpwuid or grp.getgrgid), or the number when it has none."""
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
 def read_file(path, max_size):
     """The RV(files) entry of ``path``."""
-    entry = {"exists": False, "read": False, "size": 0, "mode": "", "xusr": False, "content": "", "msg": ""}
+    entry = {"exists": False, "read": False, "size": 0, "mode": "", "xusr": False, "owner": "", "group": "", "content": "",
+             "msg": ""}
     try:
         info = os.stat(path)
     except OSError as exc:
         entry["msg"] = "file not found" if exc.errno == errno.ENOENT else f"cannot stat it: {exc.strerror}"
         return entry
-    entry.update(exists=True, size=info.st_size, mode=f"{stat.S_IMODE(info.st_mode):04o}", xusr=bool(info.st_mode & stat.S_IXUSR))
+    entry.update(exists=True, size=info.st_size, mode=f"{stat.S_IMODE(info.st_mode):04o}", xusr=bool(info.st_mode & stat.S_IXUSR),
+                 owner=name_of(pwd.getpwuid, info.st_uid), group=name_of(grp.getgrgid, info.st_gid))
     if not stat.S_ISREG(info.st_mode):
         entry["msg"] = "a directory, not a file" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         return entry

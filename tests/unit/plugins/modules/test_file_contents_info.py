@@ -9,7 +9,9 @@ nothing.
 from __future__ import annotations
 
 import base64
+import grp
 import os
+import pwd
 
 import pytest
 import yaml
@@ -32,8 +34,9 @@ def marked(value, marks):
 def make(tmp, case):
     """The case's files under ``tmp``."""
     for rel in case.get("dirs", []):
-        os.makedirs(os.path.join(tmp, rel))
+        os.makedirs(os.path.join(tmp, rel), exist_ok=True)
     for rel, text in case.get("files", {}).items():
+        os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
         with open(os.path.join(tmp, rel), "w", encoding="utf-8") as out:
             out.write(text)
     for rel, size in case.get("big", {}).items():
@@ -43,6 +46,8 @@ def make(tmp, case):
         os.symlink(target, os.path.join(tmp, rel))
     for rel, mode in case.get("modes", {}).items():
         os.chmod(os.path.join(tmp, rel), int(mode, 8))
+    for rel, number in case.get("chown", {}).items():
+        os.chown(os.path.join(tmp, rel), number, number)
 
 
 def snapshot(tmp):
@@ -61,10 +66,12 @@ def snapshot(tmp):
 def test_file_contents_info(case, check_mode, tmp_path):
     if case.get("non_root_only") and os.geteuid() == 0:
         pytest.skip("root reads a file whatever its mode")
+    if case.get("root_only") and os.geteuid() != 0:
+        pytest.skip("needs root to give the file to another user")
     tmp = str(tmp_path)
     make(tmp, case)
     before = snapshot(tmp)
-    marks = {"@TMP@": tmp}
+    marks = {"@TMP@": tmp, "@USER@": pwd.getpwuid(os.geteuid()).pw_name, "@GROUP@": grp.getgrgid(os.getegid()).gr_name}
     result = run_module(file_contents_info.main, substitute(case["input"], marks), check_mode=check_mode)
     assert result.failed is case.get("failed", False), result.result
     for text in case.get("msg_contains", []):

@@ -196,6 +196,17 @@ def test_role_files_are_read_in_one_call_each(host):
             assert ran.get("zerog.compute.file_contents_info") == 2, ran
 
 
+def test_image_is_read_once_in_the_idempotence_run(host):
+    """dstack_cvm takes the image private_ml_sdk verified in the same play (private_ml_sdk_facts).
+
+    The idempotence run builds nothing, so private_ml_sdk's read of the image is the only one.
+    """
+    docs = recorded()
+    assert len(docs) >= 3 and not docs[-1]["check_mode"], [doc["check_mode"] for doc in docs]
+    ran = docs[-1]["ran"][host.backend.name]
+    assert ran.get("zerog.compute.dstack_image_info") == 1, ran
+
+
 def test_config_is_root_only(host):
     config = host.file(f"{PACKAGE}/config.local.yaml")
     assert (config.user, config.group, config.mode) == ("root", "root", 0o600)

@@ -24,10 +24,11 @@ PLAY = "Evaluate the expression"
 
 
 def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases: list[dict],
-             files: tuple[str, ...] = ("defaults", "vars")) -> dict:
+             files: tuple[str, ...] = ("defaults", "vars"), check_mode: bool = False) -> dict:
     """``expression`` for every case, in the directory ``base``: {case name: __case_result}.
 
-    ``role`` is a directory name under roles/; ``files`` the role's vars files the play loads.
+    ``role`` is a directory name under roles/; ``files`` the role's vars files the play loads;
+    ``check_mode`` runs the play with ``--check`` (``ansible_check_mode`` cannot be set as a variable).
     """
     role_dir = os.path.join(REPO, "roles", role)
     play = [{
@@ -46,7 +47,8 @@ def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases:
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json", ANSIBLE_LOCALHOST_WARNING="false",
                ANSIBLE_INVENTORY_UNPARSED_WARNING="false", ANSIBLE_NOCOLOR="1",
                ANSIBLE_COLLECTIONS_PATH=os.path.join(REPO, ".cache", "collections"))
-    proc = subprocess.run([PLAYBOOK_BIN, "-i", "localhost,", str(base / "play.yml"), "-e", f"@{base / 'cases.json'}"],
+    argv = [PLAYBOOK_BIN, "-i", "localhost,", str(base / "play.yml"), "-e", f"@{base / 'cases.json'}"]
+    proc = subprocess.run(argv + (["--check"] if check_mode else []),
                           env=env, cwd=str(base), capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     task = json.loads(proc.stdout)["plays"][0]["tasks"][0]
@@ -54,7 +56,7 @@ def evaluate(base, role: str, expression: str, task_vars: dict[str, str], cases:
 
 
 def table_test(role: str, expression: str, task_vars: dict[str, str], cases: list[tuple], fields: tuple[str, ...],
-               files: tuple[str, ...] = ("defaults", "vars"), name: str = "results"):
+               files: tuple[str, ...] = ("defaults", "vars"), name: str = "results", check_mode: bool = False):
     """The fixture ``name`` and the test of a table of ``(case name, *values, expected)`` rows.
 
     ``fields`` names the values, which ``task_vars`` read as ``item.<field>``. Assign both to
@@ -65,7 +67,7 @@ def table_test(role: str, expression: str, task_vars: dict[str, str], cases: lis
     @pytest.fixture(scope="module", name=name)
     def results(tmp_path_factory):
         rows = [{"name": row[0], **dict(zip(fields, row[1:-1], strict=True))} for row in cases]
-        return evaluate(tmp_path_factory.mktemp(role), role, expression, task_vars, rows, files=files)
+        return evaluate(tmp_path_factory.mktemp(role), role, expression, task_vars, rows, files=files, check_mode=check_mode)
 
     @pytest.mark.parametrize(("case", "want"), [(row[0], row[-1]) for row in cases], ids=[row[0] for row in cases])
     def test(request, case, want):

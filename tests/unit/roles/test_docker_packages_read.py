@@ -69,3 +69,38 @@ EXPRESSION = (
 )
 
 results, test_docker_packages_read = table_test("docker", EXPRESSION, TASK_VARS, ROWS, ("first", "again", "what", "probe"))
+
+# When the .deb's package is still unknown after the reads: check mode predicts the install of a
+# URL it did not fetch; a path that is not on the host fails the role, in check mode too.
+URL = "http://deb.debian.org/debian/pool/main/d/docker-compose/docker-compose_2.26.1-4_amd64.deb"
+PATH = "/srv/debs/docker-compose_2.26.1-4_amd64.deb"
+MISSING = read({"docker.io": "20.10.24+dfsg1-1+b3"}, dict(NO_DEB, path=PATH))
+
+OUTCOME_VARS = dict(TASK_VARS, docker_compose_deb="{{ item.deb }}", docker_compose_deb_checksum="sha256:" + "47" * 32)
+OUTCOME_EXPRESSION = "[__docker_compose_deb_predicted, __docker_compose_deb_missing] == item.outcome | from_json"
+
+# (case, first read, second read, docker_compose_deb, [predicted, missing], as expected); run and check mode
+RUN_OUTCOMES = [
+    ("URL fetched and read", BEFORE_FETCH, AFTER_FETCH, URL, [False, False]),
+    ("URL not there after the fetch", BEFORE_FETCH, read({}, NO_DEB), URL, [False, True]),
+    ("path on the host", AFTER_FETCH, SKIPPED, PATH, [False, False]),
+    ("path not on the host", MISSING, MISSING, PATH, [False, True]),
+]
+CHECK_OUTCOMES = [
+    ("URL not fetched", BEFORE_FETCH, read({}, NO_DEB), URL, [True, False]),
+    ("URL cached", AFTER_FETCH, SKIPPED, URL, [False, False]),
+    ("path on the host", AFTER_FETCH, SKIPPED, PATH, [False, False]),
+    ("path not on the host", MISSING, MISSING, PATH, [False, True]),
+]
+
+
+def _rows(outcomes):
+    return [(name, json.dumps(first), json.dumps(again), deb, json.dumps(outcome), True)
+            for name, first, again, deb, outcome in outcomes]
+
+
+FIELDS = ("first", "again", "deb", "outcome")
+run_outcomes, test_compose_deb_outcome_run = table_test(
+    "docker", OUTCOME_EXPRESSION, OUTCOME_VARS, _rows(RUN_OUTCOMES), FIELDS, name="run_outcomes")
+check_outcomes, test_compose_deb_outcome_check = table_test(
+    "docker", OUTCOME_EXPRESSION, OUTCOME_VARS, _rows(CHECK_OUTCOMES), FIELDS, name="check_outcomes", check_mode=True)

@@ -55,6 +55,7 @@ COMMAND_ACTIONS = {
     "zerog.compute.dstack_cvm", "zerog.compute.dstack_gpu_info", "zerog.compute.tdx_host_info",
     "zerog.compute.key_provider_probe", "zerog.compute.image_build_wait", "zerog.compute.dstack_image_info",
     "zerog.compute.docker_daemon_config", "zerog.compute.git_checkout_info", "zerog.compute.deb_packages_info",
+    "zerog.compute.provider_status_info",
 }
 # Actions that run on the controller only (no round trip to the host).
 CONTROLLER_ACTIONS = {

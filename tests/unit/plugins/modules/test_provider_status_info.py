@@ -30,60 +30,8 @@ from typing import Any
 import pytest
 import yaml
 from ansible_collections.zerog.compute.plugins.modules import provider_status_info
+from ansible_collections.zerog.compute.tests.unit.fake_key_provider import FakeProvider, closed_port, read_request_json
 from ansible_collections.zerog.compute.tests.unit.harness import assert_subset, case_file, run_module, substitute
-
-# -- the key provider -----------------------------------------------------------------------------
-
-
-def _read_exact(conn: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = conn.recv(count - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-class FakeProvider:
-    """A one-connection TCP server on 127.0.0.1 playing one behaviour of the key provider."""
-
-    def __init__(self, behaviour: str) -> None:
-        self.behaviour = behaviour
-        self.seen: dict[str, Any] = {}
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        try:
-            conn, _peer = self.listener.accept()
-        except OSError:
-            return
-        with conn:
-            if self.behaviour == "close_at_once":  # docker-proxy with nothing behind it
-                return
-            (length,) = struct.unpack(">I", _read_exact(conn, 4))
-            self.seen["request"] = json.loads(_read_exact(conn, length))
-            if self.behaviour == "answer":
-                body = json.dumps({"encrypted_key": list(range(80)), "provider_quote": [7] * 100}).encode()
-                conn.sendall(struct.pack(">I", len(body)) + body)
-            # "reject": the provider with a quote it cannot use closes without a reply
-
-    def close(self) -> dict[str, Any]:
-        self.listener.close()
-        self.thread.join(timeout=5)
-        assert not self.thread.is_alive(), "the fake key provider did not finish"
-        return self.seen
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 # -- the HTTP server ------------------------------------------------------------------------------
 
@@ -238,9 +186,9 @@ def test_provider_status_info(case, check_mode, tmp_path, monkeypatch, http_base
         monkeypatch.delenv(name, raising=False)
     base, requests = http_base
     provider = FakeProvider(case["provider"]) if case.get("provider") else None
-    kp_port = provider.port if provider else _closed_port()
+    kp_port = provider.port if provider else closed_port()
     marks = {
-        "@TMP@": tmp, "@HTTP@": base, "@CLOSED@": f"http://127.0.0.1:{_closed_port()}", "@KP_PORT@": str(kp_port),
+        "@TMP@": tmp, "@HTTP@": base, "@CLOSED@": f"http://127.0.0.1:{closed_port()}", "@KP_PORT@": str(kp_port),
         "@KP@": f"127.0.0.1:{kp_port}", "@USER@": pwd.getpwuid(os.geteuid()).pw_name,
         "@GROUP@": grp.getgrgid(os.getegid()).gr_name,
     }
@@ -267,7 +215,8 @@ def test_provider_status_info(case, check_mode, tmp_path, monkeypatch, http_base
     assert _calls(log) == case.get("systemctl_calls", []), _calls(log)
     # the key provider got one framed dummy quote when it was asked
     if case.get("provider") in ("reject", "answer"):
-        assert list(seen["request"]) == ["quote"] and struct.unpack_from("<H", bytes(seen["request"]["quote"]))[0] == 4
+        request = read_request_json(seen)
+        assert list(request) == ["quote"] and struct.unpack_from("<H", bytes(request["quote"]))[0] == 4
     # the HTTP server: one GET per URL given (a redirect followed is a second request)
     if "requests" in case:
         assert [path for _method, path in requests] == case["requests"]

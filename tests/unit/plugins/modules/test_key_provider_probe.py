@@ -19,6 +19,8 @@ from ansible_collections.zerog.compute.tests.unit.fake_key_provider import FakeP
 from ansible_collections.zerog.compute.tests.unit.harness import case_file, load_cases, run_module
 
 GENUINE_QUOTE = bytes(range(256)) * 3  # stands for a real quote: the module only forwards it
+
+
 @pytest.fixture
 def provider(request: pytest.FixtureRequest) -> Iterator[FakeProvider | None]:
     behaviour = request.param

@@ -1,10 +1,11 @@
 """What zerog.compute.docker takes from its reads of the host (``zerog.compute.deb_packages_info``).
 
-tasks/packages.yml reads the host once (``__docker_packages_first``) and, when the Compose ``.deb``
-had to be fetched, again (``__docker_packages_again``). ``__docker_dpkg_installed`` (the installed
-packages as ``name`` and ``name=version``, the two forms of an apt spec), the ``.deb``'s package and
-the other source's packages to remove must come from the last read. Each row asks whether one
-string is in one of these lists.
+tasks/packages.yml reads the host once (``__docker_packages_first``) and, when that read found the
+Compose ``.deb`` missing or not the wanted file, fetches it and reads again (``__docker_packages_again``,
+tasks/packages-install.yml). ``__docker_dpkg_installed`` (the installed packages as ``name`` and
+``name=version``, the two forms of an apt spec), the ``.deb``'s package and the other source's packages
+to remove must come from the last read, and never from a second read of an earlier run of the role
+(a registered variable outlives its play). Each row asks whether one string is in one of these lists.
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ PLUGIN_DEB = read({"docker.io": "20.10.24+dfsg1-1+b3"},
                   dict(DEB, package="docker-compose-plugin", version="2.39.1-1~debian.12~bookworm"))
 AFTER_FETCH = read({"docker.io": "20.10.24+dfsg1-1+b3", "docker-compose": "2.26.1-4"}, DEB)
 
+URL = "http://deb.debian.org/debian/pool/main/d/docker-compose/docker-compose_2.26.1-4_amd64.deb"
+
 TASK_VARS = {
     "__docker_packages_first": "{{ item.first | from_json }}",
     "__docker_packages_again": "{{ item.again | from_json }}",
+    # A .deb is wanted where the row has a second read (the .deb was fetched); in the rows whose first
+    # read found the .deb in place, or asked for none, the second read was skipped or is an earlier run's.
+    "docker_compose_deb": "{{ '' if (item.again | from_json) is skipped and not (item.first | from_json).deb.checksum_ok"
+                          " else '" + URL + "' }}",
     "docker_source": "distribution",
     "ansible_facts": "{{ {'distribution': 'Debian', 'distribution_release': 'bookworm', 'architecture': 'x86_64'} }}",
     "__docker_distribution_packages": "{{ ['docker.io'] }}",
@@ -58,6 +65,8 @@ CASES = [
     ("the other source's packages are removed", BEFORE_FETCH, SKIPPED, "conflicting", "docker-compose-plugin", True),
     ("the .deb's own package is not removed", BEFORE_FETCH, PLUGIN_DEB, "conflicting", "docker-compose-plugin", False),
     ("the other ones still are", BEFORE_FETCH, PLUGIN_DEB, "conflicting", "docker-ce", True),
+    ("not a second read of an earlier run", AFTER_FETCH, BEFORE_FETCH, "installed", "docker-compose=2.26.1-4", True),
+    ("not the .deb's package of an earlier run", AFTER_FETCH, PLUGIN_DEB, "deb", "docker-compose", True),
 ]
 ROWS = [(name, json.dumps(first), json.dumps(again), what, probe, want) for name, first, again, what, probe, want in CASES]
 
@@ -72,7 +81,6 @@ results, test_docker_packages_read = table_test("docker", EXPRESSION, TASK_VARS,
 
 # When the .deb's package is still unknown after the reads: check mode predicts the install of a
 # URL it did not fetch; a path that is not on the host fails the role, in check mode too.
-URL = "http://deb.debian.org/debian/pool/main/d/docker-compose/docker-compose_2.26.1-4_amd64.deb"
 PATH = "/srv/debs/docker-compose_2.26.1-4_amd64.deb"
 MISSING = read({"docker.io": "20.10.24+dfsg1-1+b3"}, dict(NO_DEB, path=PATH))
 

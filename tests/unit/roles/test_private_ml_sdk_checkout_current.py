@@ -1,5 +1,9 @@
 """When private_ml_sdk takes its checkout as already at the pinned release (git is then not run).
 
+Also ``__private_ml_sdk_checkout_update``: when tasks/checkout.yml includes tasks/checkout_update.yml (the
+refusals of another user's checkout and of local changes, the git configuration for local mirrors, git, and its
+check-mode prediction).
+
 ``__private_ml_sdk_checkout_current`` (roles/private_ml_sdk/vars/main.yml) reads what
 zerog.compute.git_checkout_info returned (``__private_ml_sdk_checkout_read``), or, in check mode
 before the build user exists, the stat of ``.git``. It must be true only for a checkout that git
@@ -58,3 +62,36 @@ OWNER_CASES = [(c[0], c[1], c[2], want) for c in CASES for name, want in (
 owners, test_other_owner_refused = table_test(
     "private_ml_sdk", "__private_ml_sdk_checkout.exists and __private_ml_sdk_checkout.owner != 'builder'", TASK_VARS,
     OWNER_CASES, ("read", "stat"), name="owners")
+
+# When tasks/checkout.yml includes tasks/checkout_update.yml (``__private_ml_sdk_checkout_update``): unless the
+# checkout git read is current and the build user's. The user task's result says whether the user is pending.
+# (case, git_checkout_info's result, the stat's result, the user task's result, expected)
+CHECKOUT_CASES = [
+    ("at the pinned commit (a re-run)", READ, PENDING, {"changed": False}, False),
+    ("at the pinned commit, another owner", _read(owner="root"), PENDING, {"changed": False}, True),
+    ("HEAD elsewhere (a ref change)", _read(head=OTHER), PENDING, {"changed": False}, True),
+    ("tag not fetched yet", _read(revision=""), PENDING, {"changed": False}, True),
+    ("local changes", _read(changes=[" M build.sh"]), PENDING, {"changed": False}, True),
+    ("submodule not initialized", _read(submodules_ok=False), PENDING, {"changed": False}, True),
+    ("no checkout (a fresh host)", _read(exists=False, read=False, head="", revision="", submodules_ok=False),
+     PENDING, {"changed": False}, True),
+    ("check mode, build user pending, no checkout", PENDING, {"stat": {"exists": False}}, {"changed": True}, True),
+    ("check mode, build user pending, checkout there", PENDING, {"stat": {"exists": True, "pw_name": "root"}},
+     {"changed": True}, True),
+]
+
+CHECKOUT_VARS = {
+    "private_ml_sdk_build_user": "builder",
+    "__private_ml_sdk_checkout_read": "{{ item.read }}",
+    "__private_ml_sdk_git_dir": "{{ item.stat }}",
+    "__private_ml_sdk_user": "{{ item.user }}",
+}
+
+checkouts, test_checkout_update = table_test("private_ml_sdk", "__private_ml_sdk_checkout_update", CHECKOUT_VARS,
+                                             CHECKOUT_CASES, ("read", "stat", "user"), name="checkouts")
+
+# The check-mode cases need ansible_check_mode (the build user is pending only then).
+pending, test_checkout_update_in_check_mode = table_test(
+    "private_ml_sdk", "__private_ml_sdk_checkout_update", CHECKOUT_VARS,
+    [c for c in CHECKOUT_CASES if c[0].startswith("check mode")] + [CHECKOUT_CASES[0]],
+    ("read", "stat", "user"), name="pending", check_mode=True)

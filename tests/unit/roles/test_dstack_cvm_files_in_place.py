@@ -52,10 +52,11 @@ def files(**over):
     return json.dumps(out)
 
 
+# The current CVM is the role's default list's only one, as tasks/main.yml loops over it (its
+# settings and paths, __dstack_cvm_entries); __dstack_cvm_guest_compose is a fact of define.yml.
 TASK_VARS = {
     "__dstack_cvm_files": "{{ {'files': item.files | from_json} }}",
-    "__dstack_cvm_i": "{{ {'name': 'finetune'} }}",
-    "__dstack_cvm_config_src": CONFIG,
+    "__dstack_cvm_entry": "{{ __dstack_cvm_entries[0] }}",
     "__dstack_cvm_guest_compose": "{{ item.text }}",
 }
 

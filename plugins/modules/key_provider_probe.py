@@ -69,6 +69,16 @@ options:
       - At most 1 MiB. The provider allocates whatever length a request announces, and a length
         of 256 MiB or more crashes it.
     type: str
+  listeners:
+    description:
+      - >-
+        Also list the TCP sockets that listen on O(port) on this host, as
+        C(ss --listening --tcp --numeric 'sport = :PORT') would, read from C(/proc/net/tcp) and
+        C(/proc/net/tcp6) (no command runs). The key provider must listen on a loopback address only.
+      - The sockets are those of the network namespace the module runs in. Docker's port proxy
+        listens in the host's, on the address the compose file publishes.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -105,6 +115,12 @@ EXAMPLES = r"""
   until: kp.healthy
   retries: 30
   delay: 2
+
+- name: One round trip, and every address the port is open on
+  zerog.compute.key_provider_probe:
+    listeners: true
+  register: kp
+  failed_when: kp.listeners_error or kp.listeners | rejectattr('loopback') | list | length > 0
 
 - name: Full round trip with a quote captured from a TD on this platform
   zerog.compute.key_provider_probe:
@@ -175,6 +191,36 @@ provider_quote_length:
   returned: always
   type: int
   sample: 4734
+listeners:
+  description:
+    - With O(listeners=true), the sockets listening on O(port), IPv4 first, in the kernel's order.
+      V(null) when not asked, or when the tables could not be read (see RV(listeners_error)).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    address:
+      description: The local address and port, IPv6 in brackets, as C(ss) prints it.
+      type: str
+      sample: 127.0.0.1:3443
+    port:
+      description: The port.
+      type: int
+      sample: 3443
+    family:
+      description: V(ipv4) or V(ipv6).
+      type: str
+      sample: ipv4
+    loopback:
+      description: The address is a loopback one (127.0.0.0/8, ::1, or ::ffff:127.0.0.0/104).
+      type: bool
+      sample: true
+  sample: [{address: 127.0.0.1:3443, port: 3443, family: ipv4, loopback: true}]
+listeners_error:
+  description: Why the listening sockets could not be read (V(null) when read or not asked).
+  returned: always
+  type: str
+  sample: "/proc/net/tcp does not exist: the listening sockets cannot be read (is /proc mounted?)."
 elapsed:
   description: Seconds the probe took.
   returned: always
@@ -183,6 +229,7 @@ elapsed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.zerog.compute.plugins.module_utils import _proc_net
 from ansible_collections.zerog.compute.plugins.module_utils._kms import (
     invalid_option,
     parse_quote_option,
@@ -199,6 +246,7 @@ def main():
             "timeout": {"type": "float", "default": 10.0},
             "settle": {"type": "float", "default": 0.5},
             "quote": {"type": "str"},
+            "listeners": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
@@ -213,6 +261,8 @@ def main():
         except ValueError as exc:
             module.fail_json(msg=f"Invalid option quote: {exc}. Give the quote as hexadecimal.")
     result = probe_result(params["host"], params["port"], params["round_trip"], params["timeout"], params["settle"], quote)
+    result["listeners"], result["listeners_error"] = (
+        _proc_net.listeners(params["port"]) if params["listeners"] else (None, None))
     module.exit_json(changed=False, **result)
 
 

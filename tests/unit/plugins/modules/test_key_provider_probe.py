@@ -98,3 +98,32 @@ def _assert_dummy_quote(seen: dict[str, Any], request_length: int) -> None:
 )
 def test_parse_quote_option(text: str, expected: bytes) -> None:
     assert key_provider_probe.parse_quote_option(text) == expected
+
+
+@pytest.mark.parametrize("check_mode", [False, True])
+def test_listeners_lists_the_providers_socket(check_mode: bool) -> None:
+    """With listeners, the sockets on the port come from this host's /proc/net tables, beside the probe's outcome."""
+    server = FakeProvider("reject")
+    try:
+        result = run_module(key_provider_probe.main, {"port": server.port, "listeners": True}, check_mode=check_mode)
+    finally:
+        server.close()
+    assert not result.failed, result.result
+    assert result["outcome"] == "rejected"
+    assert result["listeners"] == [{"address": f"127.0.0.1:{server.port}", "port": server.port, "family": "ipv4",
+                                    "loopback": True}]
+    assert result["listeners_error"] is None
+
+
+def test_listeners_not_asked_are_null() -> None:
+    result = run_module(key_provider_probe.main, {"port": closed_port()})
+    assert result["outcome"] == "refused"
+    assert result["listeners"] is None
+    assert result["listeners_error"] is None
+
+
+def test_listeners_of_a_port_nothing_listens_on_are_empty() -> None:
+    result = run_module(key_provider_probe.main, {"port": closed_port(), "listeners": True})
+    assert result["reachable"] is False
+    assert result["listeners"] == []
+    assert result["listeners_error"] is None
